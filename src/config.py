@@ -1,0 +1,147 @@
+"""YAML configs with one level of ``_base_`` inheritance, strict keys and ``key=value`` overrides.
+
+A config file is a nested mapping of sections (``model``, ``loss``, ``data``, ``train``, ``eval``).
+It may name one parent with ``_base_: relative/path.yaml``; the child's keys are merged over the
+parent's, section by section. The parent must not itself have a ``_base_`` (one level only, like
+mindyolo's ``__BASE__`` and mmdetection's ``_base_`` used flat).
+
+Strictness: the keys of the merged config must all appear in ``configs/defaults.yaml`` (for the
+model family named by ``model.name``), so a typo is an error naming the key instead of a silently
+ignored setting. Overrides from the command line (``--set train.lr=2e-4``) follow the same rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
+
+
+class ConfigError(ValueError):
+    """Raised for an unreadable config, an unknown key or a malformed override."""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse YAML in {path}: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, child: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _check_keys(cfg: dict, schema: dict, source: str, prefix: str = "") -> None:
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{source}: unknown config key '{dotted}' (known keys here: {known})")
+        if isinstance(schema[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' must be a section (mapping), got {value!r}")
+            _check_keys(value, schema[key], source, dotted + ".")
+
+
+def _schema_for(cfg: dict) -> dict:
+    defaults = _read_yaml(DEFAULTS_FILE)
+    name = cfg.get("model", {}).get("name")
+    if name not in defaults:
+        raise ConfigError(f"model.name must be one of {sorted(defaults)}, got {name!r}")
+    return defaults[name]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``'train.lr=2e-4'`` into ``(['train', 'lr'], 0.0002)``; the value is parsed as YAML.
+
+    Raises:
+        ConfigError: if there is no ``=`` or the key is empty.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': cannot parse value: {err}") from err
+    if isinstance(parsed, str):
+        # YAML 1.1 reads '2e-4' (no dot) as a string; users mean a number.
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return parts, parsed
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Load a config, resolve its ``_base_``, apply overrides and check every key.
+
+    Args:
+        path: YAML file.
+        overrides: strings ``section.key=value``; values are parsed as YAML (``true``, ``1e-4``, ``[1, 2]``).
+
+    Returns:
+        The merged nested dict, complete: every key of ``configs/defaults.yaml`` for the model is present.
+
+    Raises:
+        ConfigError: missing or unparsable file, a ``_base_`` chain deeper than one level,
+            an unknown key (named, with the file it came from) or a malformed override.
+    """
+    path = Path(path)
+    cfg = _read_yaml(path)
+    base_name = cfg.pop("_base_", None)
+    if base_name is not None:
+        base_path = (path.parent / base_name).resolve()
+        base = _read_yaml(base_path)
+        if "_base_" in base:
+            raise ConfigError(f"{base_path}: a _base_ config cannot have its own _base_ (one level only)")
+        _check_keys(base, _schema_for(_merge(base, cfg)), str(base_path))
+        cfg = _merge(base, cfg)
+    schema = _schema_for(cfg)
+    _check_keys(cfg, schema, str(path))
+    cfg = _merge(schema, cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _check_keys(_nest(keys, value), schema, f"override '{text}'")
+        cfg = _merge(cfg, _nest(keys, value))
+    return cfg
+
+
+def _nest(keys: list[str], value: Any) -> dict:
+    nested: Any = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    return nested
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,25 @@
+"""Shared pytest fixtures: where the real data lives, and graph mode for every test."""
+
+from pathlib import Path
+
+import mindspore as ms
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (real COCO/VOC files, used in place, never copied)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real test data not found at {SHARED_DATA}; the checkout needs ../shared beside it")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def graph_mode():
+    """Every test runs in graph mode on CPU unless it switches explicitly."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    yield
