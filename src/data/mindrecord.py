@@ -1,0 +1,264 @@
+"""Convert COCO records to MindRecord shards and read them back.
+
+Files for a split in ``mindrecord_dir``::
+
+    {split}.mindrecord            (num_shards == 1; FileWriter's own naming)
+    {split}.mindrecord0 .. N-1    (num_shards > 1)
+    <each of the above>.db        (FileWriter's index files)
+    {split}.stamp.json            written last; lists the shards and identifies the source annotations
+
+Every field of one sample (``SCHEMA``): ``image`` the original encoded file bytes (never re-encoded),
+``image_id`` int64, ``height``/``width`` int32 (as in the JSON), ``boxes`` float32 [n*4] flattened **xywh**
+absolute pixels exactly as in the JSON, ``category_id`` int32 [n], ``iscrowd`` int32 [n], ``file_name``
+string.
+Boxes that ``src.data.coco`` skips (degenerate, entirely outside) are not written.
+
+Shards are written into a private temporary folder and moved into place only when every shard has been
+committed; any error removes the temporary folder, so no partial set is ever visible. The stamp is written
+after the move: a set without a valid stamp (interrupted move, older source annotations, other shard count)
+is rebuilt by ``ensure_mindrecord``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+from mindspore.mindrecord import FileReader, FileWriter
+
+from src.data.coco import ImageRecord, annotation_file, image_dir, load_coco_split
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WRITE_CHUNK = 64  # records per write_raw_data call: bounds memory to a few dozen encoded images
+
+SCHEMA = {
+    "image": {"type": "bytes"},
+    "image_id": {"type": "int64"},
+    "height": {"type": "int32"},
+    "width": {"type": "int32"},
+    "boxes": {"type": "float32", "shape": [-1]},
+    "category_id": {"type": "int32", "shape": [-1]},
+    "iscrowd": {"type": "int32", "shape": [-1]},
+    "file_name": {"type": "string"},
+}
+
+
+def shard_names(split: str, num_shards: int) -> List[str]:
+    """File names (no folder) FileWriter gives to the shards of ``split``."""
+    base = f"{split}.mindrecord"
+    return [base] if num_shards == 1 else [f"{base}{i}" for i in range(num_shards)]
+
+
+def stamp_path(mindrecord_dir, split: str) -> Path:
+    """Path of the stamp that marks a complete set for ``split``."""
+    return Path(mindrecord_dir) / f"{split}.stamp.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, split: str, num_shards: int = 1,
+                     extra_stamp: Optional[dict] = None) -> List[Path]:
+    """Write records to MindRecord shards for ``split`` in ``output_dir``, atomically.
+
+    Args:
+        records: validated records (``src.data.coco.load_coco_split``).
+        images_folder: folder the records' ``file_name`` are relative to.
+        output_dir: destination folder (created if needed). Existing shards of ``split`` are replaced.
+        split: split name used in the file names.
+        num_shards: number of MindRecord shard files (1..1000).
+        extra_stamp: additional JSON-serialisable entries for the stamp (source identity, categories).
+
+    Returns:
+        Paths of the shard files, in shard order.
+
+    Raises:
+        ValueError: ``num_shards`` out of range, or fewer records than shards.
+        OSError: an image file cannot be read; no shard files are left behind.
+    """
+    if not 1 <= num_shards <= 1000:
+        raise ValueError(f"num_shards must be in 1..1000, got {num_shards}")
+    if len(records) < num_shards:
+        raise ValueError(f"{split}: {len(records)} images cannot fill {num_shards} shards; use fewer shards")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    images_folder = Path(images_folder)
+    names = shard_names(split, num_shards)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{split}-", dir=output_dir))
+    try:
+        writer = FileWriter(str(tmp_dir / f"{split}.mindrecord"), shard_num=num_shards, overwrite=True)
+        writer.add_schema(SCHEMA, f"COCO {split} detection")
+        writer.add_index(["image_id"])
+        for start in range(0, len(records), WRITE_CHUNK):
+            chunk = [_to_sample(r, images_folder) for r in records[start:start + WRITE_CHUNK]]
+            writer.write_raw_data(chunk)
+        writer.commit()
+        remove_mindrecord(output_dir, split)
+        for name in names:
+            for suffix in ("", ".db"):
+                os.replace(tmp_dir / (name + suffix), output_dir / (name + suffix))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    stamp = {"format_version": FORMAT_VERSION, "split": split, "num_shards": num_shards, "files": names,
+             "num_images": len(records)}
+    stamp.update(extra_stamp or {})
+    _write_json_atomic(stamp_path(output_dir, split), stamp)
+    return [output_dir / name for name in names]
+
+
+def _to_sample(record: ImageRecord, images_folder: Path) -> dict:
+    with open(images_folder / record.file_name, "rb") as f:
+        data = f.read()
+    return {
+        "image": data,
+        "image_id": int(record.image_id),
+        "height": int(record.height),
+        "width": int(record.width),
+        "boxes": np.ascontiguousarray(record.boxes, dtype=np.float32).reshape(-1),
+        "category_id": np.asarray(record.category_ids, dtype=np.int32),
+        "iscrowd": np.asarray(record.iscrowd, dtype=np.int32),
+        "file_name": record.file_name,
+    }
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def remove_mindrecord(mindrecord_dir, split: str) -> None:
+    """Delete the stamp, shards and .db files of ``split`` (stamp first, so a crash leaves no stamp)."""
+    mindrecord_dir = Path(mindrecord_dir)
+    stamp_path(mindrecord_dir, split).unlink(missing_ok=True)
+    pattern = re.compile(rf"{re.escape(split)}\.mindrecord\d*(\.db)?")
+    for path in mindrecord_dir.glob(f"{split}.mindrecord*"):
+        if pattern.fullmatch(path.name):
+            path.unlink()
+
+
+def read_stamp(mindrecord_dir, split: str) -> Optional[dict]:
+    """The stamp of a complete set, or None when absent, unreadable or of another format version."""
+    path = stamp_path(mindrecord_dir, split)
+    try:
+        with open(path, encoding="utf-8") as f:
+            stamp = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("format_version") != FORMAT_VERSION:
+        return None
+    return stamp
+
+
+def mindrecord_files(mindrecord_dir, split: str) -> List[Path]:
+    """Shard paths of a complete set.
+
+    Raises:
+        FileNotFoundError: no valid stamp, or a listed shard or .db file is missing (names it and says
+            how to rebuild).
+    """
+    stamp = read_stamp(mindrecord_dir, split)
+    if stamp is None:
+        raise FileNotFoundError(f"no complete MindRecord set for split '{split}' in {mindrecord_dir} "
+                                f"(missing {stamp_path(mindrecord_dir, split).name}); "
+                                f"run tools/coco_to_mindrecord.py")
+    paths = [Path(mindrecord_dir) / name for name in stamp["files"]]
+    for path in paths:
+        for p in (path, path.with_name(path.name + ".db")):
+            if not p.is_file():
+                raise FileNotFoundError(f"MindRecord file {p} is missing; run tools/coco_to_mindrecord.py")
+    return paths
+
+
+def _source_identity(coco_path, split: str) -> dict:
+    ann = annotation_file(coco_path, split)
+    return {"annotation_file": str(ann.resolve()), "annotation_sha256": _sha256(ann)}
+
+
+@contextlib.contextmanager
+def _split_lock(mindrecord_dir: Path, split: str):
+    """Exclusive lock so that several ranks starting together convert once; the others then reuse the set."""
+    mindrecord_dir.mkdir(parents=True, exist_ok=True)
+    with open(mindrecord_dir / f".{split}.lock", "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; single-process conversion is still atomic
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def convert_coco_split(coco_path, split: str, output_dir, num_shards: int = 1,
+                       verify_decode: bool = False) -> List[Path]:
+    """Validate ``split`` of a COCO directory and write it as MindRecord (see ``write_mindrecord``).
+
+    Raises:
+        src.data.coco.CocoFormatError: invalid annotations or images (see ``src.data.coco``).
+    """
+    records, categories, summary = load_coco_split(coco_path, split, verify_decode=verify_decode)
+    extra = _source_identity(coco_path, split)
+    extra["categories"] = {str(k): v for k, v in categories.items()}
+    extra["summary"] = str(summary)
+    paths = write_mindrecord(records, image_dir(coco_path, split), output_dir, split, num_shards, extra)
+    logger.info("wrote %d images of %s to %s", len(records), split, ", ".join(map(str, paths)))
+    return paths
+
+
+def ensure_mindrecord(coco_path, split: str, mindrecord_dir, num_shards: Optional[int] = None) -> List[Path]:
+    """Return the shards for ``split``, converting from COCO first when there is no up-to-date set.
+
+    A set is reused when its stamp has this format version, its annotation file hash equals that of
+    ``coco_path``'s annotation file, every shard is present and (if given) the shard count matches.
+    Otherwise it is rebuilt. ``num_shards`` defaults to the existing count, else 1.
+
+    Raises:
+        src.data.coco.CocoFormatError: when conversion is needed and the COCO data is invalid.
+    """
+    mindrecord_dir = Path(mindrecord_dir)
+    with _split_lock(mindrecord_dir, split):
+        stamp = read_stamp(mindrecord_dir, split)
+        if stamp is not None:
+            fresh = (stamp.get("annotation_sha256") == _sha256(annotation_file(coco_path, split))
+                     and num_shards in (None, stamp.get("num_shards")))
+            if fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    return mindrecord_files(mindrecord_dir, split)
+            logger.warning("MindRecord set for %s in %s is stale or incomplete; rebuilding", split,
+                           mindrecord_dir)
+        return convert_coco_split(coco_path, split, mindrecord_dir, num_shards or 1)
+
+
+def read_mindrecord(files) -> Iterator[Dict]:
+    """Yield every sample of the given shard files as a dict of numpy values (schema ``SCHEMA``).
+
+    ``boxes`` is reshaped to float32 [n, 4] (xywh pixels); ``image`` is the original encoded bytes.
+    """
+    reader = FileReader([str(f) for f in files])
+    try:
+        for sample in reader.get_next():
+            sample = dict(sample)
+            sample["boxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
+            yield sample
+    finally:
+        reader.close()
