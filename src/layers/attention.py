@@ -1,0 +1,81 @@
+"""Multi-head attention with torch-compatible parameters, batch-first.
+
+Follows ``torch.nn.MultiheadAttention`` (as used by facebookresearch/detr ``models/transformer.py``): a packed
+input projection ``in_proj_weight`` ``[3E, E]`` / ``in_proj_bias`` ``[3E]`` whose rows are (q, k, v), an
+output projection ``out_proj`` (``nn.Dense``, weight ``[E, E]``), scaled dot-product attention per head, an
+optional ``key_padding_mask`` and dropout on the attention weights. Unlike torch's default, tensors are
+**batch-first** (``[B, L, E]``), which avoids transposes around every layer in the DETR transformer.
+"""
+
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import XavierUniform, initializer
+
+# Finite stand-in for -inf on masked keys: exp() underflows to exactly 0, and a fully masked row gives a
+# uniform distribution instead of NaN.
+_MASK_VALUE = -1e9
+
+
+class MultiheadAttention(nn.Cell):
+    """Scaled dot-product multi-head attention.
+
+    Args:
+        embed_dim: Model width ``E``.
+        num_heads: Number of heads ``h``; ``E`` must be divisible by it.
+        dropout: Dropout probability on the attention weights (active only in training mode).
+
+    Inputs:
+        query (Tensor[float32]): ``[B, Lq, E]``.
+        key (Tensor[float32]): ``[B, Lk, E]``.
+        value (Tensor[float32]): ``[B, Lk, E]``.
+        key_padding_mask (Tensor[bool] or None): ``[B, Lk]``, True for keys to ignore (padding).
+
+    Outputs:
+        Tensor[float32]: ``[B, Lq, E]``. Attention weights are not returned.
+
+    Raises:
+        ValueError: If ``embed_dim`` is not divisible by ``num_heads``.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = 1.0 / math.sqrt(self.head_dim)
+        # torch initializes the packed projection with xavier_uniform and every bias with zeros.
+        self.in_proj_weight = Parameter(
+            initializer(XavierUniform(), (3 * embed_dim, embed_dim), ms.float32), name="in_proj_weight"
+        )
+        self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
+        self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
+        self.attn_drop = nn.Dropout(p=dropout)
+
+    def _project(self, x, index):
+        # Row block ``index`` of the packed projection: 0 -> q, 1 -> k, 2 -> v.
+        start = index * self.embed_dim
+        weight = self.in_proj_weight[start:start + self.embed_dim]
+        bias = self.in_proj_bias[start:start + self.embed_dim]
+        return ops.matmul(x, weight.transpose(1, 0)) + bias
+
+    def _split_heads(self, x):
+        # [B, L, E] -> [B, h, L, d]
+        b, length, _ = x.shape
+        return x.reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, query, key, value, key_padding_mask=None):
+        b, lq, _ = query.shape
+        q = self._split_heads(self._project(query, 0) * self.scaling)
+        k = self._split_heads(self._project(key, 1))
+        v = self._split_heads(self._project(value, 2))
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2))  # [B, h, Lq, Lk]
+        if key_padding_mask is not None:
+            scores = ops.masked_fill(scores, key_padding_mask[:, None, None, :], _MASK_VALUE)
+        attn = self.attn_drop(ops.softmax(scores, axis=-1))
+        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
+        return self.out_proj(out)
