@@ -77,7 +77,8 @@ def test_cxcywh_xyxy_round_trip():
     rng = np.random.default_rng(0)
     cxcywh = rng.uniform(0.05, 0.95, size=(2, 7, 4)).astype(np.float32)
     xyxy, back, area = (t.asnumpy() for t in _Convert()(ms.Tensor(cxcywh)))
-    expected_xyxy = np.concatenate([cxcywh[..., :2] - cxcywh[..., 2:] / 2, cxcywh[..., :2] + cxcywh[..., 2:] / 2], -1)
+    center, size = cxcywh[..., :2], cxcywh[..., 2:]
+    expected_xyxy = np.concatenate([center - size / 2, center + size / 2], axis=-1)
     np.testing.assert_allclose(xyxy, expected_xyxy, atol=1e-6)
     np.testing.assert_allclose(back, cxcywh, atol=1e-6)
     np.testing.assert_allclose(area, cxcywh[..., 2] * cxcywh[..., 3], atol=1e-6)
@@ -148,7 +149,8 @@ def test_degenerate_boxes_are_finite():
 def test_degenerate_boxes_have_finite_gradient():
     class GiouSum(nn.Cell):
         def construct(self, boxes1, boxes2):
-            return elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes1), box_cxcywh_to_xyxy(boxes2)).sum()
+            giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes1), box_cxcywh_to_xyxy(boxes2))
+            return giou.sum()
 
     boxes1 = ms.Tensor(np.array([[0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.0, 0.1]], np.float32))
     boxes2 = ms.Tensor(np.array([[0.5, 0.5, 0.0, 0.0], [0.7, 0.7, 0.0, 0.0]], np.float32))
