@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Distribute training on Ascend: bash scripts/run_distribute_train_ascend.sh EXP CONFIG [train.py options]
+# Outputs go to outputs/EXP (logs, resolved config, checkpoints). See scripts/train.sh for the environment.
+DEVICE_TARGET=Ascend exec bash "$(dirname "$0")/train.sh" distribute "$@"

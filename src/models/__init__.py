@@ -1,0 +1,52 @@
+"""Model registry: ``build_model(cfg)`` is the one place a config becomes networks.
+
+Only DETR is registered so far; Focus-DETR and DeFRCN add their builders here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mindspore import nn
+
+
+@dataclass
+class Detector:
+    """The Cells a config describes.
+
+    Attributes:
+        network: ``(image, mask) -> (pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``.
+        criterion: ``(pred_logits, pred_boxes, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``.
+        postprocess: ``(pred_logits [B,Q,C+1], pred_boxes [B,Q,4], orig_sizes [B,2]) ->
+            (scores [B,Q], labels [B,Q], boxes xyxy [B,Q,4] in original pixels)``.
+        loss_names: names of the entries of ``loss_terms``.
+    """
+
+    network: nn.Cell
+    criterion: nn.Cell
+    postprocess: nn.Cell
+    loss_names: tuple
+
+
+def build_model(cfg: dict, distributed: bool = False) -> Detector:
+    """Build the detector of ``cfg['model']['name']``.
+
+    Args:
+        cfg: a config from :func:`src.config.load_config`.
+        distributed: average the criterion's box count over ranks (msrun data parallel).
+
+    Raises:
+        ValueError: for an unknown model name.
+    """
+    name = cfg["model"]["name"]
+    if name == "detr":
+        from src.models.detr.criterion import build_criterion
+        from src.models.detr.detr import build_detr
+        from src.models.detr.postprocess import PostProcess
+
+        model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+        network = build_detr(**model_cfg)
+        criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"],
+                                    distributed=distributed, **cfg["loss"])
+        return Detector(network, criterion, PostProcess(), ("loss_ce", "loss_bbox", "loss_giou"))
+    raise ValueError(f"unknown model.name {name!r}; registered: ['detr']")
