@@ -1,0 +1,227 @@
+"""COCO detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
+
+Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
+
+* ``image`` float32 [B, 3, H, W]: RGB, ImageNet-normalized, zero-padded bottom/right.
+* ``mask`` bool [B, H, W]: True on padding (DETR convention).
+* ``tgt_boxes`` float32 [B, N, 4]: normalized cxcywh relative to the unpadded resized image; padded rows 0.
+* ``tgt_labels`` int32 [B, N]: raw COCO category ids; padded rows 0.
+* ``tgt_valid`` bool [B, N]: True for real boxes, which come first.
+* ``image_id`` int64 [B]; ``orig_size`` int32 [B, 2] (h, w) of the original image; ``img_size`` int32 [B, 2]
+  (h, w) after resizing, before padding.
+
+Each batch is padded to the smallest (by area) bucket of ``data_cfg['train_pad_buckets']`` /
+``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket.
+
+Training drops the last incomplete batch. Evaluation keeps every image: an incomplete last batch is filled up
+to ``batch_size`` with dummy rows (``image_id`` -1, zero image, mask False, no valid targets, sizes equal
+to the bucket) that evaluators must skip. A zero image with mask False keeps attention free of fully masked
+rows, which would produce NaN.
+
+Crowd boxes are dropped from the targets in training and evaluation alike, as detr's
+``ConvertCocoPolysToMask`` does; COCO evaluation reads crowd regions from the annotation file.
+Images without boxes are kept in both (detr trains on them with empty targets).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Dict, Optional, Sequence
+
+import mindspore.dataset as ds
+import numpy as np
+
+from src.data.coco import annotation_file as coco_annotation_file
+from src.data.coco import load_categories
+from src.data.mindrecord import ensure_mindrecord, read_stamp
+from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
+
+logger = logging.getLogger(__name__)
+
+RECORD_COLUMNS = ["image", "image_id", "height", "width", "boxes", "category_id", "iscrowd", "file_name"]
+SAMPLE_COLUMNS = ["image", "boxes", "labels", "image_id", "orig_size", "img_size"]
+BATCH_COLUMNS = ["image", "mask", "tgt_boxes", "tgt_labels", "tgt_valid", "image_id", "orig_size", "img_size"]
+
+
+class SampleTransform:
+    """Map function: one MindRecord sample -> (image, boxes, labels, image_id, orig_size, img_size).
+
+    Randomness comes from a ``numpy.random.Generator`` seeded with (seed, image_id, number of times this
+    object has seen the image), so augmentations are reproducible from the seed however many workers run
+    and in whatever order they pick samples, and differ from one epoch to the next.
+
+    Outputs: image float32 [3, h, w]; boxes float32 [n, 4] normalized cxcywh; labels int32 [n];
+    image_id int64 []; orig_size, img_size int32 [2] as (h, w).
+
+    Raises:
+        ValueError: undecodable image, or decoded size different from the recorded (height, width);
+            the message names the image id and file.
+    """
+
+    def __init__(self, is_training: bool, data_cfg: dict, seed: int = 42):
+        self.is_training = is_training
+        self.transform = build_train_transform(data_cfg) if is_training else build_eval_transform(data_cfg)
+        self.seed = int(seed)
+        self._visits: Dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _rng(self, image_id: int) -> np.random.Generator:
+        with self._lock:
+            visit = self._visits.get(image_id, 0)
+            self._visits[image_id] = visit + 1
+        return np.random.default_rng([self.seed, image_id, visit])
+
+    def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name):
+        image_id, height, width = int(image_id), int(height), int(width)
+        name = str(np.asarray(file_name))
+        image = decode_image(data, image_id, name)
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"image id {image_id} (file {name!r}) decodes to "
+                             f"{image.shape[0]}x{image.shape[1]} (h x w) but its annotations are for "
+                             f"{height}x{width}")
+        boxes, labels = prepare_target(boxes, category_id, iscrowd, height, width)
+        image, boxes, labels = self.transform(image, boxes, labels, self._rng(image_id))
+        return (image, boxes, labels, np.int64(image_id), np.array([height, width], np.int32),
+                np.array(image.shape[1:], np.int32))
+
+
+def select_bucket(sizes: Sequence[Sequence[int]], buckets: Sequence[Sequence[int]], image_ids=None):
+    """Smallest-area bucket (H, W) holding every (h, w) in ``sizes``; ties go to the earlier bucket.
+
+    Raises:
+        ValueError: an image is larger than every bucket; names its image id and size.
+    """
+    max_h = max(int(s[0]) for s in sizes)
+    max_w = max(int(s[1]) for s in sizes)
+    for bucket in sorted(buckets, key=lambda b: int(b[0]) * int(b[1])):
+        if max_h <= bucket[0] and max_w <= bucket[1]:
+            return int(bucket[0]), int(bucket[1])
+    for i, s in enumerate(sizes):
+        if not any(s[0] <= b[0] and s[1] <= b[1] for b in buckets):
+            image = f"image id {int(image_ids[i])}" if image_ids is not None else f"image {i} of the batch"
+            raise ValueError(f"{image} resized to {int(s[0])}x{int(s[1])} (h x w) fits no pad bucket "
+                             f"{[list(b) for b in buckets]}; add a larger bucket to the data config")
+    raise ValueError(f"batch of sizes {[list(map(int, s)) for s in sizes]} (max {max_h}x{max_w}) fits no "
+                     f"single pad bucket {[list(b) for b in buckets]}; add a bucket of at least "
+                     f"{max_h}x{max_w}")
+
+
+class BatchPadder:
+    """per_batch_map: pad images to a bucket, targets to ``max_boxes`` rows, build mask and validity.
+
+    Inputs are the per-sample lists of ``SampleTransform``'s outputs; returns the arrays of
+    ``BATCH_COLUMNS`` (see the module docstring). Follows detr ``nested_tensor_from_tensor_list`` (zero
+    padding bottom/right, mask True on padding), with static shapes instead of the batch maximum.
+    """
+
+    def __init__(self, buckets: Sequence[Sequence[int]], max_boxes: int, batch_size: Optional[int] = None):
+        self.buckets = [tuple(int(v) for v in b) for b in buckets]
+        self.max_boxes = int(max_boxes)
+        self.batch_size = batch_size
+        self.truncated_images = 0
+
+    def __call__(self, images, boxes, labels, image_ids, orig_sizes, img_sizes, batch_info=None):
+        n = len(images)
+        rows = max(n, self.batch_size or n)
+        height, width = select_bucket([im.shape[1:] for im in images], self.buckets, image_ids)
+        image = np.zeros((rows, 3, height, width), np.float32)
+        mask = np.zeros((rows, height, width), np.bool_)
+        tgt_boxes = np.zeros((rows, self.max_boxes, 4), np.float32)
+        tgt_labels = np.zeros((rows, self.max_boxes), np.int32)
+        tgt_valid = np.zeros((rows, self.max_boxes), np.bool_)
+        out_ids = np.full((rows,), -1, np.int64)
+        out_orig = np.tile(np.array([height, width], np.int32), (rows, 1))
+        out_img = out_orig.copy()
+        for i in range(n):
+            h, w = images[i].shape[1:]
+            image[i, :, :h, :w] = images[i]
+            mask[i] = True
+            mask[i, :h, :w] = False
+            count = len(boxes[i])
+            if count > self.max_boxes:
+                self.truncated_images += 1
+                logger.warning("image id %d has %d boxes; keeping the first max_boxes=%d (%d images "
+                               "truncated so far)", int(image_ids[i]), count, self.max_boxes,
+                               self.truncated_images)
+                count = self.max_boxes
+            tgt_boxes[i, :count] = np.asarray(boxes[i], np.float32).reshape(-1, 4)[:count]
+            tgt_labels[i, :count] = np.asarray(labels[i], np.int32).reshape(-1)[:count]
+            tgt_valid[i, :count] = True
+            out_ids[i] = int(image_ids[i])
+            out_orig[i] = orig_sizes[i]
+            out_img[i] = img_sizes[i]
+        return image, mask, tgt_boxes, tgt_labels, tgt_valid, out_ids, out_orig, out_img
+
+
+def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool, batch_size: int,
+                        data_cfg: dict, rank_id: int = 0, rank_size: int = 1, seed: int = 42,
+                        shuffle: Optional[bool] = None, max_images: Optional[int] = None):
+    """Build the batched COCO pipeline (columns ``BATCH_COLUMNS``, see the module docstring).
+
+    Converts ``coco_path``/``split`` to MindRecord in ``mindrecord_dir`` on first use (``ensure_mindrecord``).
+
+    Args:
+        coco_path: COCO root with ``annotations/instances_{split}.json`` and ``{split}/`` images.
+        split: e.g. ``train2017``.
+        mindrecord_dir: folder for the MindRecord set.
+        is_training: train transforms, shuffling by default, ``drop_remainder``; else eval transforms and a
+            last batch filled with dummy rows.
+        batch_size: images per batch (per rank).
+        data_cfg: the ``data`` config section (max_boxes, scales, pad buckets, num_workers ...).
+        rank_id, rank_size: this rank and the number of ranks; each rank reads a disjoint 1/rank_size of the
+            images (MindDataset sharding, which repeats a few images when the count does not divide).
+        seed: seeds the shuffle (``mindspore.dataset.config.set_seed``, a process-wide setting) and the
+            augmentations (see ``SampleTransform``).
+        shuffle: defaults to ``is_training``.
+        max_images: keep only the first ``max_images`` rows of the MindRecord set (split among ranks),
+            for quick runs.
+
+    Returns:
+        A ``mindspore.dataset.Dataset``.
+
+    Raises:
+        src.data.coco.CocoFormatError: invalid COCO data at conversion time.
+        ValueError: bad batch_size or rank arguments.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank_id < rank_size:
+        raise ValueError(f"rank_id {rank_id} must be in [0, rank_size={rank_size})")
+    files = ensure_mindrecord(coco_path, split, mindrecord_dir)
+    shuffle = is_training if shuffle is None else shuffle
+    workers = int(data_cfg.get("num_workers", 1))
+    ds.config.set_seed(int(seed))
+    sampler = _make_sampler(shuffle, rank_id, rank_size, max_images)
+    dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
+                             num_parallel_workers=workers, sampler=sampler)
+    # Threads, not processes: SampleTransform's per-image visit counts must be shared by all workers.
+    dataset = dataset.map(operations=SampleTransform(is_training, data_cfg, seed),
+                          input_columns=RECORD_COLUMNS, output_columns=SAMPLE_COLUMNS,
+                          num_parallel_workers=workers, python_multiprocessing=False)
+    buckets = data_cfg["train_pad_buckets"] if is_training else data_cfg["eval_pad_buckets"]
+    padder = BatchPadder(buckets, data_cfg["max_boxes"], batch_size=None if is_training else batch_size)
+    return dataset.batch(batch_size, drop_remainder=is_training, per_batch_map=padder,
+                         input_columns=SAMPLE_COLUMNS, output_columns=BATCH_COLUMNS,
+                         num_parallel_workers=workers, python_multiprocessing=False)
+
+
+def _make_sampler(shuffle: bool, rank_id: int, rank_size: int, max_images: Optional[int]):
+    if max_images is None:
+        if rank_size > 1:
+            return ds.DistributedSampler(rank_size, rank_id, shuffle=shuffle)
+        return ds.RandomSampler() if shuffle else ds.SequentialSampler()
+    # A fixed subset (the first max_images rows), so quick runs see the same images every epoch; each rank
+    # takes every rank_size-th of them.
+    indices = list(range(int(max_images)))[rank_id::rank_size]
+    return ds.SubsetRandomSampler(indices) if shuffle else ds.SubsetSampler(indices)
+
+
+def get_categories(coco_path, split: str, mindrecord_dir=None) -> Dict[int, str]:
+    """Category id -> name for ``split``: from the MindRecord stamp when present, else from the JSON."""
+    if mindrecord_dir is not None:
+        stamp = read_stamp(mindrecord_dir, split)
+        if stamp is not None and "categories" in stamp:
+            return {int(k): v for k, v in stamp["categories"].items()}
+    return load_categories(coco_annotation_file(coco_path, split))
+

@@ -1,0 +1,236 @@
+"""NumPy/OpenCV detection transforms following facebookresearch/detr ``datasets/transforms.py``.
+
+Every transform takes and returns ``(image, boxes, labels)``:
+
+* ``image``: uint8 [H, W, 3] RGB (float32 [3, H, W] after ``Normalize``),
+* ``boxes``: float32 [n, 4] absolute-pixel **xyxy** (normalized **cxcywh** after ``Normalize``),
+* ``labels``: int32 [n] raw COCO category ids,
+
+and random transforms draw from an explicit ``numpy.random.Generator`` passed as ``rng`` (DETR uses the
+global ``random`` module), so a pipeline is reproducible from a seed whatever the worker scheduling.
+
+Resizing goes through PIL's bilinear filter, as torchvision's ``F.resize`` does for the PIL images DETR
+feeds it: PIL widens the filter when shrinking (anti-aliasing) where ``cv2.INTER_LINEAR`` does not, and
+evaluation parity with the published DETR numbers depends on identical pixels.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def decode_image(data, image_id=None, file_name: Optional[str] = None) -> np.ndarray:
+    """Decode encoded image bytes to uint8 [H, W, 3] RGB.
+
+    ``cv2.IMREAD_COLOR`` applies the EXIF orientation and turns grayscale, RGBA (alpha dropped) and CMYK
+    JPEGs into three channels; PIL is the fallback for formats OpenCV cannot read.
+
+    Raises:
+        ValueError: the bytes are not a decodable image; the message names ``image_id`` and ``file_name``.
+    """
+    buffer = np.frombuffer(bytes(data), dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image is not None:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except Exception as e:  # PIL raises many exception types for bad data; all mean "cannot decode"
+        raise ValueError(f"cannot decode image id {image_id} (file {file_name!r}): {e}. Replace the file and "
+                         f"rebuild the MindRecord set.") from e
+
+
+def prepare_target(boxes_xywh: np.ndarray, category_ids: np.ndarray, iscrowd: np.ndarray, height: int,
+                   width: int, drop_crowd: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """COCO annotations -> (boxes float32 [n, 4] xyxy pixels clamped to the image, labels int32 [n]).
+
+    Follows detr ``datasets/coco.py`` ``ConvertCocoPolysToMask``: crowd boxes dropped, xywh -> xyxy,
+    clamped to [0, width] x [0, height], boxes with x1 <= x0 or y1 <= y0 removed.
+    """
+    boxes = np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4).copy()
+    labels = np.asarray(category_ids, dtype=np.int32).reshape(-1)
+    if drop_crowd:
+        keep = np.asarray(iscrowd).reshape(-1) == 0
+        boxes, labels = boxes[keep], labels[keep]
+    boxes[:, 2:] += boxes[:, :2]
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], labels[keep]
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray):
+    """Mirror left-right; xyxy boxes map to (W - x1, y0, W - x0, y1)."""
+    width = image.shape[1]
+    flipped = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([width, 0, width, 0],
+                                                                                         np.float32)
+    return np.ascontiguousarray(image[:, ::-1]), flipped.astype(np.float32)
+
+
+def get_size_with_aspect_ratio(image_hw: Tuple[int, int], size: int, max_size: Optional[int] = None):
+    """Output (h, w) with the short side ``size`` and the long side at most ``max_size``.
+
+    Follows detr ``resize.get_size_with_aspect_ratio``: if the long side would exceed ``max_size``, the
+    short side target becomes ``round(max_size * short / long)``; the long side is truncated
+    (``int(size * long / short)``), and an image whose short side already equals ``size`` is unchanged.
+    """
+    h, w = image_hw
+    if max_size is not None:
+        min_original = float(min(h, w))
+        max_original = float(max(h, w))
+        if max_original / min_original * size > max_size:
+            size = int(round(max_size * min_original / max_original))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, size: int, max_size: Optional[int] = None):
+    """Resize so the short side is ``size`` (long side <= ``max_size``); scale xyxy boxes to match."""
+    h, w = image.shape[:2]
+    oh, ow = get_size_with_aspect_ratio((h, w), size, max_size)
+    if (oh, ow) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
+    scale = np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
+    return image, (boxes * scale).astype(np.float32)
+
+
+def crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, region: Tuple[int, int, int, int]):
+    """Crop ``region`` = (top, left, height, width); boxes shifted, clamped, zero-area ones dropped.
+
+    Follows detr ``transforms.crop``.
+    """
+    top, left, height, width = region
+    image = image[top:top + height, left:left + width]
+    shifted = boxes - np.array([left, top, left, top], dtype=np.float32)
+    shifted[:, 0::2] = shifted[:, 0::2].clip(0, width)
+    shifted[:, 1::2] = shifted[:, 1::2].clip(0, height)
+    keep = (shifted[:, 2] > shifted[:, 0]) & (shifted[:, 3] > shifted[:, 1])
+    return np.ascontiguousarray(image), shifted[keep].astype(np.float32), labels[keep]
+
+
+class RandomHorizontalFlip:
+    """Flip with probability ``p`` (detr ``RandomHorizontalFlip``)."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+        if rng.random() < self.p:
+            image, boxes = hflip(image, boxes)
+        return image, boxes, labels
+
+
+class RandomResize:
+    """Resize the short side to a size drawn uniformly from ``sizes`` (detr ``RandomResize``)."""
+
+    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None):
+        self.sizes = [int(s) for s in sizes]
+        self.max_size = max_size
+
+    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+        size = self.sizes[int(rng.integers(len(self.sizes)))]
+        image, boxes = resize(image, boxes, size, self.max_size)
+        return image, boxes, labels
+
+
+class RandomSizeCrop:
+    """Crop a random region with sides in [min_size, max_size] (detr ``RandomSizeCrop``).
+
+    Width and height are drawn independently and uniformly (inclusive), capped by the image; the top-left
+    corner is uniform over valid positions. An image side shorter than ``min_size`` is kept whole, where
+    detr would fail; the default pipeline never hits this because it resizes the short side to >= 400 first.
+    """
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
+
+    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+        img_h, img_w = image.shape[:2]
+        w = int(rng.integers(min(self.min_size, img_w), min(img_w, self.max_size) + 1))
+        h = int(rng.integers(min(self.min_size, img_h), min(img_h, self.max_size) + 1))
+        top = int(rng.integers(0, img_h - h + 1))
+        left = int(rng.integers(0, img_w - w + 1))
+        return crop(image, boxes, labels, (top, left, h, w))
+
+
+class RandomSelect:
+    """Apply ``first`` with probability ``p``, otherwise ``second`` (detr ``RandomSelect``)."""
+
+    def __init__(self, first, second, p: float = 0.5):
+        self.first = first
+        self.second = second
+        self.p = p
+
+    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+        if rng.random() < self.p:
+            return self.first(image, boxes, labels, rng)
+        return self.second(image, boxes, labels, rng)
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+        for t in self.transforms:
+            image, boxes, labels = t(image, boxes, labels, rng)
+        return image, boxes, labels
+
+
+class Normalize:
+    """uint8 HWC RGB -> float32 [3, H, W] ImageNet-normalized; xyxy pixels -> cxcywh normalized by (w, h).
+
+    Follows detr ``ToTensor`` + ``Normalize`` (which also converts the boxes).
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean = np.asarray(mean, np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
+
+    def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator] = None):
+        h, w = image.shape[:2]
+        out = (image.astype(np.float32) / 255.0 - self.mean) / self.std
+        out = np.ascontiguousarray(out.transpose(2, 0, 1))  # [3, H, W]
+        cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], axis=1)
+        cxcywh = cxcywh / np.array([w, h, w, h], dtype=np.float32)
+        return out, cxcywh.astype(np.float32).reshape(-1, 4), labels
+
+
+def build_train_transform(data_cfg: dict) -> Compose:
+    """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
+
+    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size.
+    """
+    scales = data_cfg["train_scales"]
+    max_size = data_cfg["train_max_size"]
+    return Compose([
+        RandomHorizontalFlip(),
+        RandomSelect(
+            RandomResize(scales, max_size=max_size),
+            Compose([
+                RandomResize(data_cfg["crop_scales"]),
+                RandomSizeCrop(data_cfg["crop_min_size"], data_cfg["crop_max_size"]),
+                RandomResize(scales, max_size=max_size),
+            ]),
+        ),
+        Normalize(),
+    ])
+
+
+def build_eval_transform(data_cfg: dict) -> Compose:
+    """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``."""
+    return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"]), Normalize()])
