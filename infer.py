@@ -1,0 +1,62 @@
+"""Detect objects in image files and write, per image, ``<stem>.json`` and ``<stem>.jpg`` (boxes drawn).
+
+``python infer.py --config CFG --checkpoint CKPT --images IMG [IMG ...] --output_dir OUT [--score_threshold 0.7]``
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import cv2
+
+from src.config import load_config
+from src.engine.checkpoint import load_pretrained
+from src.engine.evaluate import InferenceNet
+from src.engine.predict import load_image, predict
+from src.models import build_model
+from src.runtime import DEVICE_TARGETS, init_context
+from src.visualize import draw_detections
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--score_threshold", type=float, default=None, help="default: eval.score_threshold")
+    parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
+    parser.add_argument("--pynative", action="store_true")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    threshold = cfg["eval"]["score_threshold"] if args.score_threshold is None else args.score_threshold
+    images = [(Path(p), load_image(p)) for p in args.images]  # fail on a bad file before any work
+    init_context(args.device_target, args.pynative)
+    detector = build_model(cfg)
+    load_pretrained(args.checkpoint, detector.network, strict=True)
+    net = InferenceNet(detector.network, detector.postprocess)
+    net.set_train(False)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, image in images:
+        detections = predict(net, image, cfg["data"], threshold)
+        _write_atomic(out / f"{path.stem}.json", lambda p, d=detections: p.write_text(json.dumps(d, indent=1)))
+        drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
+        _write_atomic(out / f"{path.stem}.jpg", lambda p, im=drawn: cv2.imwrite(str(p), im))
+        print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (path.stem + '.json')}")
+
+
+if __name__ == "__main__":
+    main()
