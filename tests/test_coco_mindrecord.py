@@ -1,0 +1,81 @@
+"""COCO -> MindRecord -> records round trip on real coco_tiny data, compared with the JSON itself."""
+
+import json
+
+import numpy as np
+import pytest
+
+from src.data.mindrecord import (
+    convert_coco_split,
+    ensure_mindrecord,
+    mindrecord_files,
+    read_mindrecord,
+    stamp_path,
+)
+
+
+def _expected_from_json(coco_dir, split):
+    """Per image id: file name, size, and annotations exactly as written in the JSON (no library parsing)."""
+    with open(coco_dir / "annotations" / f"instances_{split}.json") as f:
+        data = json.load(f)
+    expected = {img["id"]: {"file_name": img["file_name"], "height": img["height"], "width": img["width"],
+                            "anns": []} for img in data["images"]}
+    for ann in data["annotations"]:
+        expected[ann["image_id"]]["anns"].append((ann["bbox"], ann["category_id"], ann["iscrowd"]))
+    return expected
+
+
+@pytest.mark.parametrize("split,num_shards", [("train2017", 1), ("val2017", 3)])
+def test_round_trip_equals_json(shared_data, tmp_path, split, num_shards):
+    coco_dir = shared_data / "coco_tiny"
+    files = convert_coco_split(coco_dir, split, tmp_path, num_shards=num_shards)
+    assert len(files) == num_shards
+    expected = _expected_from_json(coco_dir, split)
+    samples = list(read_mindrecord(files))
+    assert sorted(s["image_id"] for s in samples) == sorted(expected)
+    for s in samples:
+        exp = expected[s["image_id"]]
+        assert s["file_name"] == exp["file_name"]
+        assert (s["height"], s["width"]) == (exp["height"], exp["width"])
+        assert s["image"] == (coco_dir / split / exp["file_name"]).read_bytes()
+        boxes = np.array([a[0] for a in exp["anns"]], np.float32).reshape(-1, 4)
+        np.testing.assert_array_equal(s["boxes"], boxes)
+        assert s["boxes"].dtype == np.float32
+        np.testing.assert_array_equal(s["category_id"], [a[1] for a in exp["anns"]])
+        np.testing.assert_array_equal(s["iscrowd"], [a[2] for a in exp["anns"]])
+    total_crowd = sum(a[2] for e in expected.values() for a in e["anns"])
+    assert total_crowd > 0, "coco_tiny has crowd annotations; the crowd flag must survive the round trip"
+    assert sum(int(s["iscrowd"].sum()) for s in samples) == total_crowd
+
+
+def test_ensure_reuses_fresh_set_and_rebuilds_stale(shared_data, tmp_path):
+    coco_dir = shared_data / "coco_tiny"
+    files = ensure_mindrecord(coco_dir, "val2017", tmp_path)
+    mtime = files[0].stat().st_mtime_ns
+    assert ensure_mindrecord(coco_dir, "val2017", tmp_path) == files
+    assert files[0].stat().st_mtime_ns == mtime, "a fresh set must be reused, not rewritten"
+
+    stamp = json.loads(stamp_path(tmp_path, "val2017").read_text())
+    stamp["annotation_sha256"] = "0" * 64
+    stamp_path(tmp_path, "val2017").write_text(json.dumps(stamp))
+    ensure_mindrecord(coco_dir, "val2017", tmp_path)
+    assert json.loads(stamp_path(tmp_path, "val2017").read_text())["annotation_sha256"] != "0" * 64
+
+    files[0].with_name(files[0].name + ".db").unlink()
+    with pytest.raises(FileNotFoundError, match="mindrecord.db"):
+        mindrecord_files(tmp_path, "val2017")
+    rebuilt = ensure_mindrecord(coco_dir, "val2017", tmp_path)
+    assert len(list(read_mindrecord(rebuilt))) == 80
+
+    stamp_path(tmp_path, "val2017").unlink()
+    with pytest.raises(FileNotFoundError, match="coco_to_mindrecord"):
+        mindrecord_files(tmp_path, "val2017")
+
+
+def test_ensure_changes_shard_count(shared_data, tmp_path):
+    coco_dir = shared_data / "coco_tiny"
+    ensure_mindrecord(coco_dir, "val2017", tmp_path, num_shards=2)
+    files = ensure_mindrecord(coco_dir, "val2017", tmp_path, num_shards=1)
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["val2017.mindrecord", "val2017.mindrecord.db", "val2017.stamp.json"]
+    assert len(list(read_mindrecord(files))) == 80
