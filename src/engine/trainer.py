@@ -11,6 +11,7 @@ epoch's end) and ``step`` (optimizer steps done). The data order of an epoch is 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from src.data.dataset import create_coco_dataset
-from src.engine.checkpoint import load_for_resume, load_pretrained, save_checkpoint
+from src.engine.checkpoint import checkpoint_path, load_for_resume, load_pretrained, save_checkpoint
 from src.engine.logger import setup_logger
 from src.engine.lr_schedule import build_optimizer
 from src.engine.train_step import TrainStep
 from src.models import build_model
 from src.runtime import RuntimeInfo
+
+
+def parameter_digest(network) -> str:
+    """SHA-256 over every parameter's name and bytes: equal digests mean identical weights (ranks in sync)."""
+    digest = hashlib.sha256()
+    for param in network.get_parameters():
+        digest.update(param.name.encode())
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()
+
 
 TRAIN_COLUMNS = ["image", "mask", "tgt_boxes", "tgt_labels", "tgt_valid"]
 
@@ -51,10 +62,6 @@ class TrainOptions:
     max_images: int | None = None
 
 
-def _checkpoint_path(output_dir: str, epoch: int, step: int) -> Path:
-    return Path(output_dir) / "checkpoints" / f"detr_e{epoch:04d}_s{step:08d}.ckpt"
-
-
 def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
     """Train the model of ``cfg`` on ``cfg['data']['train_split']`` and return a summary.
 
@@ -66,7 +73,7 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
         FileNotFoundError / ValueError: from the data reader (named file, image id or key) or from
             checkpoint loading (named key and shapes).
     """
-    logger = setup_logger(opts.output_dir, "train", runtime.is_main)
+    logger = setup_logger(opts.output_dir, "train", runtime.rank_id)
     train_cfg, data_cfg = cfg["train"], cfg["data"]
     detector = build_model(cfg, distributed=runtime.distributed)
     if opts.pretrained:
@@ -127,13 +134,15 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
                 break
         epoch_done = step == (epoch + 1) * steps_per_epoch
         next_epoch = epoch + 1 if epoch_done else epoch
-        if runtime.is_main:
-            last_ckpt = _checkpoint_path(opts.output_dir, next_epoch, step)
+        finished = step >= total_steps or next_epoch >= train_cfg["epochs"]
+        if runtime.is_main and (finished or next_epoch % train_cfg["checkpoint_interval"] == 0):
+            last_ckpt = checkpoint_path(Path(opts.output_dir) / "checkpoints", cfg["model"]["name"], next_epoch, step)
             save_checkpoint(last_ckpt, detector.network, optimizer, epoch=next_epoch, step=step,
                             keep_checkpoint_max=train_cfg["keep_checkpoint_max"])
             logger.info("saved %s", last_ckpt)
         epoch = next_epoch
         if not epoch_done:
             break
+    logger.info("finished at epoch %d step %d; parameter digest %s", epoch, step, parameter_digest(detector.network))
     return {"step": step, "epoch": epoch, "last_loss": losses[-1] if losses else None, "losses": losses,
             "checkpoint": str(last_ckpt) if last_ckpt else None}
