@@ -1,0 +1,293 @@
+"""Convert PyTorch DETR weights (torch-hub or Hugging Face layout) into a MindSpore checkpoint.
+
+Sources understood:
+
+* the official torch-hub checkpoint of facebookresearch/detr (``torch.load(f)["model"]``, keys such as
+  ``backbone.0.body.layer1.0.conv1.weight`` or ``transformer.encoder.layers.0.self_attn.in_proj_weight``);
+* a Hugging Face ``DetrForObjectDetection`` (a directory holding ``model.safetensors``, its sharded index, or
+  ``pytorch_model.bin``; or one such file) with either backbone naming: timm's (the torchvision names under
+  ``model.backbone.conv_encoder.model.``, as in ``facebook/detr-resnet-50``) or HF's own ResNet
+  (``embedder.embedder.*``, ``encoder.stages.{s}.layers.{b}.layer.{i}.*``, ``shortcut.*``). HF's separate
+  ``q_proj/k_proj/v_proj`` are stacked, in that order, into torch's packed ``in_proj_weight``/``in_proj_bias``.
+
+Hugging Face keys are first renamed to the torch-hub names (as transformers' own
+``convert_detr_original_pytorch_checkpoint_to_pytorch.py`` does in reverse), and torch-hub names then map to the
+MindSpore names of ``src.models.detr.detr.DETR`` (``backbone.0.body`` -> ``backbone.body``, LayerNorm
+``weight/bias`` -> ``gamma/beta``, ``query_embed.weight`` -> ``query_embed.embedding_table``). Layouts agree, so
+no tensor is transposed. Conversion is strict: it raises ``ConversionError`` listing every unmapped source key,
+every model parameter left without a value and every shape mismatch, and then writes nothing.
+"""
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+
+from src.backbones.resnet import RESNET_DEPTHS
+from src.models.detr.detr import build_detr
+
+# BatchNorm bookkeeping buffers (absent from DETR's FrozenBN); dropping them changes nothing numerically.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class ConversionError(ValueError):
+    """Raised when a checkpoint cannot be mapped one-to-one onto the model; the message lists each problem."""
+
+
+def _load_torch_file(path: Path) -> dict:
+    import torch
+
+    # The hub checkpoints may carry the training ``args`` Namespace; allow only that beyond plain tensors.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
+    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def load_source_state_dict(source) -> dict:
+    """Read a torch-hub ``.pth``, a safetensors/bin file or a Hugging Face model directory.
+
+    Returns:
+        dict mapping source key to float32 ``np.ndarray``.
+
+    Raises:
+        ConversionError: If the path does not exist or holds no recognizable weights.
+    """
+    path = Path(source)
+    if path.is_dir():
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return load_source_state_dict(path / name)
+        raise ConversionError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    if not path.is_file():
+        raise ConversionError(f"source not found: {path}")
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_source_state_dict(path.parent / shard))
+        return state
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+    return _load_torch_file(path)
+
+
+_HF_BACKBONE = re.compile(r"^model\.backbone\.(?:conv_encoder\.)?model\.(.+)$")
+_HF_NATIVE_RESNET = [
+    (re.compile(r"^embedder\.embedder\.convolution\.weight$"), lambda m: "conv1.weight"),
+    (re.compile(r"^embedder\.embedder\.normalization\.(\w+)$"), lambda m: f"bn1.{m[1]}"),
+    (re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.weight$"),
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.weight"),
+    (re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.(\w+)$"),
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}"),
+    (re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.weight$"),
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.weight"),
+    (re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(\w+)$"),
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+]
+# timm's ResNet uses the torchvision names already.
+_TORCHVISION_RESNET = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.(conv\d|bn\d|downsample\.[01])\.\w+)$")
+_HF_TOP = [
+    (re.compile(r"^model\.input_projection\.(weight|bias)$"), lambda m: f"input_proj.{m[1]}"),
+    (re.compile(r"^model\.query_position_embeddings\.weight$"), lambda m: "query_embed.weight"),
+    (re.compile(r"^class_labels_classifier\.(weight|bias)$"), lambda m: f"class_embed.{m[1]}"),
+    (re.compile(r"^bbox_predictor\.layers\.(\d+)\.(weight|bias)$"), lambda m: f"bbox_embed.layers.{m[1]}.{m[2]}"),
+    (re.compile(r"^model\.decoder\.layernorm\.(weight|bias)$"), lambda m: f"transformer.decoder.norm.{m[1]}"),
+]
+_HF_LAYER = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+_HF_ATTN = re.compile(r"^(self_attn|encoder_attn)\.(q|k|v|o|out)_proj\.(weight|bias)$")
+_HF_LAYER_MODULES = {
+    ("encoder", "self_attn_layer_norm"): "norm1", ("encoder", "final_layer_norm"): "norm2",
+    ("decoder", "self_attn_layer_norm"): "norm1", ("decoder", "encoder_attn_layer_norm"): "norm2",
+    ("decoder", "final_layer_norm"): "norm3",
+    ("encoder", "fc1"): "linear1", ("encoder", "fc2"): "linear2", ("encoder", "mlp.fc1"): "linear1",
+    ("encoder", "mlp.fc2"): "linear2", ("decoder", "fc1"): "linear1", ("decoder", "fc2"): "linear2",
+    ("decoder", "mlp.fc1"): "linear1", ("decoder", "mlp.fc2"): "linear2",
+}
+
+
+def _hf_backbone_key(body_key: str):
+    for pattern, rename in _HF_NATIVE_RESNET:
+        match = pattern.match(body_key)
+        if match:
+            return "backbone.0.body." + rename(match)
+    if _TORCHVISION_RESNET.match(body_key):
+        return "backbone.0.body." + body_key
+    return None
+
+
+def _hf_layer_key(kind: str, index: str, rest: str):
+    """Rename one HF transformer-layer key to ``(hub_key, part)``.
+
+    ``part`` is ``"q"``, ``"k"`` or ``"v"`` for a slice of the packed ``in_proj_*`` (``hub_key`` then names the
+    packed tensor), else None. ``hub_key`` is None when no rule applies.
+    """
+    prefix = f"transformer.{kind}.layers.{index}."
+    match = _HF_ATTN.match(rest)
+    if match:
+        attn = "self_attn" if match[1] == "self_attn" else "multihead_attn"
+        if match[2] in ("o", "out"):
+            return f"{prefix}{attn}.out_proj.{match[3]}", None
+        return f"{prefix}{attn}.in_proj_{match[3]}", match[2]
+    module, _, param = rest.rpartition(".")
+    target = _HF_LAYER_MODULES.get((kind, module))
+    return (f"{prefix}{target}.{param}" if target else None), None
+
+
+def hf_to_hub(state: dict):
+    """Rename a Hugging Face DETR state dict to torch-hub names.
+
+    Returns:
+        Tuple ``(hub_state, unmapped)``: the renamed dict (q/k/v stacked into ``in_proj_*``) and the sorted
+        HF keys no rule accepts (including q/k/v sets with a member missing).
+    """
+    hub, unmapped, packed = {}, [], {}
+    for key, value in state.items():
+        target, part = None, None
+        backbone = _HF_BACKBONE.match(key)
+        layer = _HF_LAYER.match(key)
+        if backbone:
+            target = _hf_backbone_key(backbone[1])
+        elif layer:
+            target, part = _hf_layer_key(layer[1], layer[2], layer[3])
+        else:
+            for pattern, rename in _HF_TOP:
+                match = pattern.match(key)
+                if match:
+                    target = rename(match)
+                    break
+        if target is None:
+            unmapped.append(key)
+        elif part is not None:
+            packed.setdefault(target, {})[part] = value
+        else:
+            hub[target] = value
+    for target, parts in packed.items():
+        if set(parts) == {"q", "k", "v"}:
+            # torch packs the rows as (q, k, v).
+            hub[target] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+        else:
+            unmapped.append(f"{target} (q/k/v projections incomplete: only {sorted(parts)})")
+    return hub, sorted(unmapped)
+
+
+_LAYERNORM = re.compile(r"^(transformer\..*\.norm\d?)\.(weight|bias)$")
+
+
+def hub_to_mindspore_name(key: str) -> str:
+    """Map a torch-hub DETR key to the MindSpore parameter name (see the module docstring)."""
+    if key.startswith("backbone.0.body."):
+        return "backbone.body." + key[len("backbone.0.body."):]
+    if key == "query_embed.weight":
+        return "query_embed.embedding_table"
+    match = _LAYERNORM.match(key)
+    if match:
+        return f"{match[1]}.{'gamma' if match[2] == 'weight' else 'beta'}"
+    return key
+
+
+def is_hf_layout(keys) -> bool:
+    """True for Hugging Face naming (``model.*``, ``class_labels_classifier.*``), False for torch-hub naming."""
+    return any(k.startswith(("model.", "class_labels_classifier.", "bbox_predictor.")) for k in keys)
+
+
+def infer_backbone(hub_state: dict):
+    """``"resnet50"``/``"resnet101"`` from the number of ``layer3`` blocks, or None if it matches neither."""
+    blocks = {int(m[1]) for k in hub_state for m in [re.match(r"^backbone\.0\.body\.layer3\.(\d+)\.", k)] if m}
+    for name, depths in RESNET_DEPTHS.items():
+        if len(blocks) == depths[2]:
+            return name
+    return None
+
+
+def map_to_model(state: dict, param_shapes: dict) -> dict:
+    """Map a source state dict (either layout) onto the model's parameters, strictly.
+
+    Args:
+        state: source key -> ``np.ndarray``.
+        param_shapes: MindSpore parameter name -> shape tuple, for the target model.
+
+    Returns:
+        MindSpore parameter name -> float32 ``np.ndarray``, covering exactly ``param_shapes``.
+
+    Raises:
+        ConversionError: Listing every unmapped source key, every missing parameter and every shape mismatch.
+    """
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    problems = []
+    if is_hf_layout(state):
+        state, unmapped = hf_to_hub(state)
+        problems += [f"unmapped source key: {k}" for k in unmapped]
+    converted, mismatched = {}, set()
+    for key, value in state.items():
+        name = hub_to_mindspore_name(key)
+        if name not in param_shapes:
+            problems.append(f"unmapped source key: {key} (-> {name}, not a model parameter)")
+        elif tuple(value.shape) != tuple(param_shapes[name]):
+            mismatched.add(name)
+            problems.append(f"shape mismatch: {key} source {tuple(value.shape)} vs model {name} "
+                            f"{tuple(param_shapes[name])}")
+        else:
+            converted[name] = np.ascontiguousarray(value, dtype=np.float32)
+    problems += [f"missing model parameter: {name} {tuple(shape)}" for name, shape in param_shapes.items()
+                 if name not in converted and name not in mismatched]
+    if problems:
+        raise ConversionError(f"refusing to write a checkpoint, {len(problems)} problem(s):\n  "
+                              + "\n  ".join(sorted(problems)))
+    return converted
+
+
+def model_param_shapes(model_cfg: dict) -> dict:
+    """Build DETR from ``model_cfg`` (the config's ``model:`` keys, ``name`` allowed) and list its parameters."""
+    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    model = build_detr(**kwargs)
+    return {p.name: tuple(p.shape) for p in model.get_parameters()}
+
+
+def save_checkpoint_atomic(params: dict, output) -> None:
+    """Write ``params`` (name -> array) with ``ms.save_checkpoint`` to a temporary file, then rename it."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ckpt", dir=output.parent)
+    os.close(fd)
+    try:
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def convert_detr_checkpoint(source, output, model_cfg: dict, detect_backbone: bool = False) -> dict:
+    """Convert ``source`` to a MindSpore checkpoint at ``output`` for the model described by ``model_cfg``.
+
+    Args:
+        source: torch-hub ``.pth``, HF directory or weights file.
+        output: Destination ``.ckpt``; written only if the mapping is complete (no partial file is ever left).
+        model_cfg: Keys of the config's ``model:`` section.
+        detect_backbone: Replace ``model_cfg["backbone"]`` by the depth found in the weights (ResNet-50/101).
+
+    Returns:
+        dict with ``num_params`` and the ``backbone`` used.
+
+    Raises:
+        ConversionError: If the weights do not map one-to-one onto the model (nothing is written).
+    """
+    state = {k: v for k, v in load_source_state_dict(source).items() if not k.endswith(IGNORED_SUFFIXES)}
+    model_cfg = dict(model_cfg)
+    if detect_backbone:
+        hub_state = hf_to_hub(state)[0] if is_hf_layout(state) else state
+        model_cfg["backbone"] = infer_backbone(hub_state) or model_cfg.get("backbone", "resnet50")
+    params = map_to_model(state, model_param_shapes(model_cfg))
+    save_checkpoint_atomic(params, output)
+    return {"num_params": len(params), "backbone": model_cfg.get("backbone", "resnet50")}
