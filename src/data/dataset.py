@@ -39,7 +39,9 @@ from src.data.transforms import build_eval_transform, build_train_transform, dec
 
 logger = logging.getLogger(__name__)
 
-RECORD_COLUMNS = ["image", "image_id", "height", "width", "boxes", "category_id", "iscrowd", "file_name"]
+RECORD_COLUMNS = [
+    "image", "image_id", "height", "width", "boxes", "category_id", "iscrowd", "file_name", "num_boxes",
+]
 SAMPLE_COLUMNS = ["image", "boxes", "labels", "image_id", "orig_size", "img_size"]
 BATCH_COLUMNS = ["image", "mask", "tgt_boxes", "tgt_labels", "tgt_valid", "image_id", "orig_size", "img_size"]
 
@@ -72,7 +74,7 @@ class SampleTransform:
             self._visits[image_id] = visit + 1
         return np.random.default_rng([self.seed, image_id, visit])
 
-    def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name):
+    def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name, num_boxes):
         image_id, height, width = int(image_id), int(height), int(width)
         name = str(np.asarray(file_name))
         image = decode_image(data, image_id, name)
@@ -80,7 +82,9 @@ class SampleTransform:
             raise ValueError(f"image id {image_id} (file {name!r}) decodes to "
                              f"{image.shape[0]}x{image.shape[1]} (h x w) but its annotations are for "
                              f"{height}x{width}")
-        boxes, labels = prepare_target(boxes, category_id, iscrowd, height, width)
+        n = int(num_boxes)  # rows past num_boxes are the writer's placeholder for images without boxes
+        boxes, labels = prepare_target(np.reshape(boxes, (-1, 4))[:n], np.reshape(category_id, -1)[:n],
+                                       np.reshape(iscrowd, -1)[:n], height, width)
         image, boxes, labels = self.transform(image, boxes, labels, self._rng(image_id))
         return (image, boxes, labels, np.int64(image_id), np.array([height, width], np.int32),
                 np.array(image.shape[1:], np.int32))

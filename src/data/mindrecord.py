@@ -10,7 +10,9 @@ Files for a split in ``mindrecord_dir``::
 Every field of one sample (``SCHEMA``): ``image`` the original encoded file bytes (never re-encoded),
 ``image_id`` int64, ``height``/``width`` int32 (as in the JSON), ``boxes`` float32 [n*4] flattened **xywh**
 absolute pixels exactly as in the JSON, ``category_id`` int32 [n], ``iscrowd`` int32 [n], ``file_name``
-string.
+string, ``num_boxes`` int32 = n. An image without boxes stores one all-zero placeholder row in the three
+arrays: MindSpore 2.10's ``MindDataset`` returns an empty variable-length array as a 0-d array holding
+uninitialised memory, so empty arrays are never written and readers keep the first ``num_boxes`` rows.
 Boxes that ``src.data.coco`` skips (degenerate, entirely outside) are not written.
 
 Shards are written into a private temporary folder and moved into place only when every shard has been
@@ -39,7 +41,7 @@ from src.data.coco import ImageRecord, annotation_file, image_dir, load_coco_spl
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WRITE_CHUNK = 64  # records per write_raw_data call: bounds memory to a few dozen encoded images
 
 SCHEMA = {
@@ -51,6 +53,7 @@ SCHEMA = {
     "category_id": {"type": "int32", "shape": [-1]},
     "iscrowd": {"type": "int32", "shape": [-1]},
     "file_name": {"type": "string"},
+    "num_boxes": {"type": "int32"},
 }
 
 
@@ -125,15 +128,20 @@ def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, spli
 def _to_sample(record: ImageRecord, images_folder: Path) -> dict:
     with open(images_folder / record.file_name, "rb") as f:
         data = f.read()
+    num_boxes = len(record.boxes)
+    boxes, category_ids, iscrowd = record.boxes, record.category_ids, record.iscrowd
+    if num_boxes == 0:
+        boxes, category_ids, iscrowd = np.zeros((1, 4)), np.zeros(1), np.zeros(1)
     return {
         "image": data,
         "image_id": int(record.image_id),
         "height": int(record.height),
         "width": int(record.width),
-        "boxes": np.ascontiguousarray(record.boxes, dtype=np.float32).reshape(-1),
-        "category_id": np.asarray(record.category_ids, dtype=np.int32),
-        "iscrowd": np.asarray(record.iscrowd, dtype=np.int32),
+        "boxes": np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1),
+        "category_id": np.asarray(category_ids, dtype=np.int32),
+        "iscrowd": np.asarray(iscrowd, dtype=np.int32),
         "file_name": record.file_name,
+        "num_boxes": num_boxes,
     }
 
 
@@ -252,13 +260,17 @@ def ensure_mindrecord(coco_path, split: str, mindrecord_dir, num_shards: Optiona
 def read_mindrecord(files) -> Iterator[Dict]:
     """Yield every sample of the given shard files as a dict of numpy values (schema ``SCHEMA``).
 
-    ``boxes`` is reshaped to float32 [n, 4] (xywh pixels); ``image`` is the original encoded bytes.
+    ``boxes`` is float32 [n, 4] (xywh pixels), ``category_id`` and ``iscrowd`` int32 [n] (placeholder rows
+    removed); ``image`` is the original encoded bytes.
     """
     reader = FileReader([str(f) for f in files])
     try:
         for sample in reader.get_next():
             sample = dict(sample)
-            sample["boxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
+            n = int(sample["num_boxes"])
+            sample["boxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)[:n]
+            sample["category_id"] = np.asarray(sample["category_id"], dtype=np.int32).reshape(-1)[:n]
+            sample["iscrowd"] = np.asarray(sample["iscrowd"], dtype=np.int32).reshape(-1)[:n]
             yield sample
     finally:
         reader.close()
