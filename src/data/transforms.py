@@ -138,8 +138,9 @@ class RandomResize:
         self.sizes = [int(s) for s in sizes]
         self.max_size = max_size
 
-    def __call__(self, image, boxes, labels, rng: np.random.Generator):
-        size = self.sizes[int(rng.integers(len(self.sizes)))]
+    def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator]):
+        # A single size needs no draw, so the eval transform runs without a generator.
+        size = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
         image, boxes = resize(image, boxes, size, self.max_size)
         return image, boxes, labels
 
@@ -185,7 +186,7 @@ class Compose:
     def __init__(self, transforms):
         self.transforms = list(transforms)
 
-    def __call__(self, image, boxes, labels, rng: np.random.Generator):
+    def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator]):
         for t in self.transforms:
             image, boxes, labels = t(image, boxes, labels, rng)
         return image, boxes, labels
