@@ -79,3 +79,14 @@ def test_ensure_changes_shard_count(shared_data, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert names == ["val2017.mindrecord", "val2017.mindrecord.db", "val2017.stamp.json"]
     assert len(list(read_mindrecord(files))) == 80
+
+
+def test_cli_converts_and_reports_errors(shared_data, tmp_path, capsys):
+    from tools.coco_to_mindrecord import main
+
+    coco_dir = shared_data / "coco_tiny"
+    assert main(["--coco_path", str(coco_dir), "--split", "val2017", "--output_dir", str(tmp_path),
+                 "--num_shards", "2"]) == 0
+    assert len(list(read_mindrecord(mindrecord_files(tmp_path, "val2017")))) == 80
+    assert main(["--coco_path", str(coco_dir), "--split", "val2099", "--output_dir", str(tmp_path)]) == 1
+    assert "instances_val2099.json" in capsys.readouterr().err
