@@ -126,3 +126,20 @@ def test_categories(coco, mr_dir):
     create_coco_dataset(coco, "val2017", mr_dir, False, 1, DATA_CFG)
     assert get_categories(coco, "val2017", mr_dir) == expected
     assert expected[1] == "person" and expected[90] == "toothbrush"
+
+
+def test_sample_set_builds_and_runs(tmp_path):
+    from src.data.coco import load_coco_split
+    from tools.build_sample_set import build_sample_set
+
+    build_sample_set(tmp_path / "sample_coco")
+    records, categories, summary = load_coco_split(tmp_path / "sample_coco", "sample")
+    assert len(records) == 6 and summary.num_boxes == 8 and summary.images_without_boxes == 1
+    assert summary.skipped_degenerate == summary.skipped_outside == summary.partly_outside == 0
+    assert {categories[int(c)] for r in records for c in r.category_ids} == {
+        "person", "bicycle", "motorcycle", "bench", "cat", "cup", "spoon"}
+    cfg = dict(DATA_CFG, eval_pad_buckets=[[128, 128]])
+    batches = _batches(create_coco_dataset(tmp_path / "sample_coco", "sample", tmp_path / "mr", False, 2, cfg))
+    assert sorted(i for b in batches for i in b["image_id"].tolist()) == [1, 2, 3, 4, 5, 6]
+    for batch in batches:
+        _check_batch(batch, 2)
