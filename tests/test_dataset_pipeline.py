@@ -143,3 +143,15 @@ def test_sample_set_builds_and_runs(tmp_path):
     assert sorted(i for b in batches for i in b["image_id"].tolist()) == [1, 2, 3, 4, 5, 6]
     for batch in batches:
         _check_batch(batch, 2)
+
+
+def test_distributed_eval_sees_every_image_once(coco, mr_dir):
+    seen = []
+    for rank in range(3):  # 80 images do not divide by 3
+        dataset = create_coco_dataset(coco, "val2017", mr_dir, False, 4, DATA_CFG, rank_id=rank, rank_size=3)
+        batches = _batches(dataset)
+        assert len(batches) == 7  # ceil(27 / 4) on every rank, so all ranks run the same number of steps
+        for batch in batches:
+            _check_batch(batch, 4)
+        seen += [i for b in batches for i in b["image_id"].tolist() if i != -1]
+    assert sorted(seen) == sorted(img["id"] for img in _json(coco, "val2017")["images"])

@@ -16,7 +16,8 @@ Each batch is padded to the smallest (by area) bucket of ``data_cfg['train_pad_b
 Training drops the last incomplete batch. Evaluation keeps every image: an incomplete last batch is filled up
 to ``batch_size`` with dummy rows (``image_id`` -1, zero image, mask False, no valid targets, sizes equal
 to the bucket) that evaluators must skip. A zero image with mask False keeps attention free of fully masked
-rows, which would produce NaN.
+rows, which would produce NaN. In distributed evaluation, ranks whose share is one image short get a dummy
+sample too (``image_id`` -1, a 1x1 zero image whose padding is masked), so every image is evaluated once.
 
 Crowd boxes are dropped from the targets in training and evaluation alike, as detr's
 ``ConvertCocoPolysToMask`` does; COCO evaluation reads crowd regions from the annotation file.
@@ -43,6 +44,7 @@ RECORD_COLUMNS = [
     "image", "image_id", "height", "width", "boxes", "category_id", "iscrowd", "file_name", "num_boxes",
 ]
 SAMPLE_COLUMNS = ["image", "boxes", "labels", "image_id", "orig_size", "img_size"]
+PADDED_IMAGE_ID = -1  # image_id of dummy rows and samples; evaluators skip it
 BATCH_COLUMNS = ["image", "mask", "tgt_boxes", "tgt_labels", "tgt_valid", "image_id", "orig_size", "img_size"]
 
 
@@ -76,6 +78,9 @@ class SampleTransform:
 
     def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name, num_boxes):
         image_id, height, width = int(image_id), int(height), int(width)
+        if image_id == PADDED_IMAGE_ID:
+            return (np.zeros((3, 1, 1), np.float32), np.zeros((0, 4), np.float32), np.zeros((0,), np.int32),
+                    np.int64(image_id), np.ones(2, np.int32), np.ones(2, np.int32))
         name = str(np.asarray(file_name))
         image = decode_image(data, image_id, name)
         if image.shape[:2] != (height, width):
@@ -134,7 +139,7 @@ class BatchPadder:
         tgt_boxes = np.zeros((rows, self.max_boxes, 4), np.float32)
         tgt_labels = np.zeros((rows, self.max_boxes), np.int32)
         tgt_valid = np.zeros((rows, self.max_boxes), np.bool_)
-        out_ids = np.full((rows,), -1, np.int64)
+        out_ids = np.full((rows,), PADDED_IMAGE_ID, np.int64)
         out_orig = np.tile(np.array([height, width], np.int32), (rows, 1))
         out_img = out_orig.copy()
         for i in range(n):
@@ -174,7 +179,8 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
         batch_size: images per batch (per rank).
         data_cfg: the ``data`` config section (max_boxes, scales, pad buckets, num_workers ...).
         rank_id, rank_size: this rank and the number of ranks; each rank reads a disjoint 1/rank_size of the
-            images (MindDataset sharding, which repeats a few images when the count does not divide).
+            images. When the count does not divide, training repeats a few images (MindDataset sharding)
+            while evaluation adds dummy samples (``image_id`` -1), so every image is evaluated exactly once.
         seed: seeds the shuffle (``mindspore.dataset.config.set_seed``, a process-wide setting) and the
             augmentations (see ``SampleTransform``).
         shuffle: defaults to ``is_training``.
@@ -196,9 +202,19 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
     shuffle = is_training if shuffle is None else shuffle
     workers = int(data_cfg.get("num_workers", 1))
     ds.config.set_seed(int(seed))
-    sampler = _make_sampler(shuffle, rank_id, rank_size, max_images)
-    dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
-                             num_parallel_workers=workers, sampler=sampler)
+    num_padded = 0
+    if not is_training and not shuffle and rank_size > 1 and max_images is None:
+        num_padded = -read_stamp(mindrecord_dir, split)["num_images"] % rank_size
+    if num_padded:
+        # Evaluation must see each image exactly once over all ranks; the default sharding would repeat
+        # some images to even out the shards, so fill up with dummy samples instead.
+        dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
+                                 num_parallel_workers=workers, shuffle=False, num_shards=rank_size,
+                                 shard_id=rank_id, padded_sample=_padded_sample(), num_padded=num_padded)
+    else:
+        dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
+                                 num_parallel_workers=workers,
+                                 sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
     # Threads, not processes: SampleTransform's per-image visit counts must be shared by all workers.
     dataset = dataset.map(operations=SampleTransform(is_training, data_cfg, seed),
                           input_columns=RECORD_COLUMNS, output_columns=SAMPLE_COLUMNS,
@@ -208,6 +224,12 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
     return dataset.batch(batch_size, drop_remainder=is_training, per_batch_map=padder,
                          input_columns=SAMPLE_COLUMNS, output_columns=BATCH_COLUMNS,
                          num_parallel_workers=workers, python_multiprocessing=False)
+
+
+def _padded_sample() -> dict:
+    return {"image": b"", "image_id": PADDED_IMAGE_ID, "height": 1, "width": 1, "boxes": np.zeros(4, np.float32),
+            "category_id": np.zeros(1, np.int32), "iscrowd": np.zeros(1, np.int32), "file_name": "",
+            "num_boxes": 0}
 
 
 def _make_sampler(shuffle: bool, rank_id: int, rank_size: int, max_images: Optional[int]):
