@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from src.data.dataset import BatchPadder, select_bucket
 from src.data.transforms import (
@@ -13,6 +14,7 @@ from src.data.transforms import (
     RandomSizeCrop,
     build_eval_transform,
     crop,
+    decode_image,
     get_size_with_aspect_ratio,
     hflip,
     prepare_target,
@@ -190,3 +192,11 @@ def test_bucket_selection_errors_name_the_image():
         select_bucket([(10, 10), (90, 30)], [[64, 64], [80, 80]], image_ids=[7, 42])
     with pytest.raises(ValueError, match="fits no single pad bucket"):
         select_bucket([(90, 10), (10, 90)], [[100, 20], [20, 100]], image_ids=[1, 2])
+
+
+def test_decode_matches_detr_pil_loading_on_coco(shared_data):
+    # detr loads with PIL's Image.open(...).convert("RGB"); identical pixels keep evaluation parity.
+    for path in sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[:40]:
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(decode_image(path.read_bytes()), expected, err_msg=str(path))
