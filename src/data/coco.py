@@ -274,10 +274,10 @@ def _parse_annotation(ann, index: int, path: Path, images: dict, categories: dic
         return None
     if x < 0 or y < 0 or x + w > width or y + h > height:
         summary.partly_outside += 1
-    iscrowd = int(ann.get("iscrowd", 0))
+    iscrowd = ann.get("iscrowd", 0)
     if iscrowd not in (0, 1):
         raise CocoFormatError(f"{path}: {where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
-    return image_id, (x, y, w, h), category_id, iscrowd, ann.get("id", -1)
+    return image_id, (x, y, w, h), category_id, int(iscrowd), ann.get("id", -1)
 
 
 def _note(summary: CocoSummary, text: str, limit: int = 5) -> None:
