@@ -6,6 +6,10 @@ fast while exercising the same graph-mode code path.
 """
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -73,10 +77,11 @@ def make_batch(seed=0, batch=2, size=16):
     rng = np.random.default_rng(seed)
     image = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     mask = np.zeros((batch, size, size), bool)
-    mask[1, :, size // 2 :] = True
+    mask[1::2, :, size // 2 :] = True
     boxes = rng.uniform(0.2, 0.6, (batch, MAX_BOXES, 4)).astype(np.float32)
     labels = rng.integers(1, NUM_CLASSES + 1, (batch, MAX_BOXES)).astype(np.int32)
-    valid = np.array([[True, True, False], [True, False, False]])
+    # Every pair of images holds 3 valid boxes, so per-rank mean losses average to the full-batch loss.
+    valid = np.tile(np.array([[True, True, False], [True, False, False]]), (batch // 2, 1))
     boxes[~valid] = 0
     labels[~valid] = 0
     return tuple(ms.Tensor(x) for x in (image, mask, boxes, labels, valid))
@@ -335,3 +340,55 @@ def test_load_pretrained_reports_keys_and_shapes(tmp_path):
         load_pretrained(mismatched, make_net(6), strict=False)
     with pytest.raises(KeyError, match="missing"):
         load_for_resume(partial, make_net(5), None)
+
+
+DP_WORKER = """
+import sys
+import numpy as np
+import mindspore as ms
+from mindspore.communication import get_rank
+from src.runtime import init_context
+init_context("CPU", distributed=True)
+from tests.test_engine import make_batch, make_net, make_train_step
+rank = get_rank()
+net = make_net(30)
+step, _ = make_train_step(net, clip=0.05)
+for seed in (0, 1):
+    full = make_batch(seed, batch=4)
+    _, _, grad_norm = step(*(ms.Tensor(x.asnumpy()[2 * rank : 2 * rank + 2]) for x in full))
+np.savez(sys.argv[1] + f"/rank{rank}.npz", grad_norm=grad_norm.asnumpy(),
+         **{p.name: p.asnumpy() for p in net.get_parameters()})
+"""
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_data_parallel_step_matches_single_process_full_batch(tmp_path):
+    """msrun, 2 CPU ranks, half a batch each: gradients are all-reduced before clipping, so both ranks end
+    with the single-process full-batch parameters and report the same (full-batch) grad norm."""
+    worker = tmp_path / "dp_worker.py"
+    worker.write_text(DP_WORKER)
+    repo_root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [
+        str(Path(sys.executable).parent / "msrun"), "--worker_num", "2", "--local_worker_num", "2",
+        "--master_port", str(_free_port()), "--join", "True", "--log_dir", str(tmp_path / "logs"),
+        str(worker), str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text()[-3000:] for p in sorted((tmp_path / "logs").glob("worker_*.log")))
+    assert proc.returncode == 0, logs
+
+    net = make_net(30)
+    step, _ = make_train_step(net, clip=0.05)
+    for seed in (0, 1):
+        _, _, grad_norm = step(*make_batch(seed, batch=4))
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        np.testing.assert_allclose(got["grad_norm"], grad_norm.asnumpy(), rtol=1e-5)
+        for name, value in params_np(net).items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=f"rank {rank} {name}")
