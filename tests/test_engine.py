@@ -270,7 +270,10 @@ def test_checkpoint_round_trip_and_resume_continues_identically(tmp_path):
     for name, value in params_np(fresh_net).items():
         np.testing.assert_array_equal(value, saved_net[name], err_msg=name)
     restored_opt = params_np(fresh_opt)
-    assert {n for n in saved_opt if n.startswith("exp_avg")} <= set(restored_opt)
+    stored = set(ckpt_mod.checkpoint_arrays(path))
+    assert {p.name for p in first_net.get_parameters()} | {"state_step"} <= stored
+    assert {f"{m}.{p.name}" for m in ("exp_avg", "exp_avg_sq") for p in first_opt.parameters} <= stored
+    assert not any(name.startswith("max_exp_avg_sq.") for name in stored)
     for name, value in saved_opt.items():
         np.testing.assert_array_equal(restored_opt[name], value, err_msg=name)
     assert int(fresh_opt.state_step.asnumpy()) == 1

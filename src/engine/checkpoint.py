@@ -4,8 +4,8 @@ A training checkpoint is ONE MindSpore ``.ckpt`` holding, by parameter name:
 
 * every network parameter, trainable or not (frozen BatchNorm statistics included);
 * every optimizer state parameter that is not a network parameter (for :class:`DetrAdamW`:
-  ``exp_avg.<name>``, ``exp_avg_sq.<name>``, ``max_exp_avg_sq.<name>`` and the update counter
-  ``state_step``, which also drives the learning-rate schedule);
+  ``exp_avg.<name>``, ``exp_avg_sq.<name>`` (plus ``max_exp_avg_sq.<name>`` only with AMSGrad) and the
+  update counter ``state_step``, which also drives the learning-rate schedule);
 * ``append_dict`` metadata: ``epoch`` and ``step`` (int64), the caller's ``extra`` entries, and
   ``optimizer_state_keys`` / ``extra_keys`` (newline-joined names of the optimizer and extra entries) so
   that :func:`load_pretrained` can tell them from unexpected weights.
@@ -54,10 +54,14 @@ def _optimizer_state(network: nn.Cell, optimizer: nn.Cell | None) -> dict[str, P
     if optimizer is None:
         return {}
     network_ids = {id(param) for param in network.get_parameters()}
+    # experimental AdamW allocates AMSGrad maxima even when AMSGrad is off; they stay zero, so saving them
+    # would only add a full parameter copy to every checkpoint.
+    amsgrad = any(group.get("amsgrad", False) for group in getattr(optimizer, "param_groups", []))
     state = {}
     for param in optimizer.get_parameters():
-        if id(param) not in network_ids:
-            state[param.name] = param
+        if id(param) in network_ids or (not amsgrad and param.name.startswith("max_exp_avg_sq.")):
+            continue
+        state[param.name] = param
     return state
 
 
