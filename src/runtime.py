@@ -15,6 +15,17 @@ from mindspore import communication
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 
+def prefer_avx2_cpu_kernels() -> None:
+    """Cap oneDNN at AVX2 unless the user chose an ISA (``ONEDNN_MAX_CPU_ISA``).
+
+    MindSpore 2.10's CPU convolutions take an AVX-512 oneDNN path that ran 50-150x slower than the
+    AVX2 one on our Xeon CI machines (a 3x3 conv, 64 channels, 2x40x40: 0.55 s vs 0.009 s; see
+    benchmarks/README.md). oneDNN reads the variable at its first primitive, so this must run before
+    any Cell executes; :func:`init_context` calls it for CPU.
+    """
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+
 @dataclass(frozen=True)
 class RuntimeInfo:
     """Where this process runs: ``rank_id`` in ``[0, rank_size)``; ``distributed`` when launched by msrun."""
@@ -49,6 +60,8 @@ def init_context(device_target: str = "CPU", pynative: bool = False, distributed
     """
     if device_target not in DEVICE_TARGETS:
         raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
+    if device_target == "CPU":
+        prefer_avx2_cpu_kernels()
     ms.set_context(mode=ms.PYNATIVE_MODE if pynative else ms.GRAPH_MODE)
     local_rank = int(os.environ.get("DEVICE_ID", os.environ.get("LOCAL_RANK", "0")))
     ms.set_device(device_target, local_rank if device_target != "CPU" else 0)

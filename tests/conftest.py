@@ -5,6 +5,8 @@ from pathlib import Path
 import mindspore as ms
 import pytest
 
+from src.runtime import prefer_avx2_cpu_kernels
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -20,6 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def graph_mode():
     """Every test runs in graph mode on CPU unless it switches explicitly."""
+    prefer_avx2_cpu_kernels()
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     yield
