@@ -16,7 +16,7 @@ import pytest
 
 from src.config import load_config
 from src.layers.position_encoding import PositionEmbeddingSine
-from src.models.detr.convert import ConversionError, convert_detr_checkpoint
+from src.models.detr.convert import ConversionError, convert_detr_checkpoint, infer_backbone
 from src.models.detr.detr import build_detr
 from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
@@ -323,3 +323,12 @@ def test_batch_elements_are_independent():
     for a, b in zip(first, second):
         np.testing.assert_allclose(a.asnumpy()[:, 0], b.asnumpy()[:, 0], atol=1e-5)
         assert not np.allclose(a.asnumpy()[:, 1], b.asnumpy()[:, 1], atol=1e-3)
+
+
+def test_infer_backbone_depth_from_keys():
+    def keys(blocks):
+        return {f"backbone.0.body.layer3.{i}.conv1.weight": None for i in range(blocks)}
+
+    assert infer_backbone(keys(6)) == "resnet50"
+    assert infer_backbone(keys(23)) == "resnet101"
+    assert infer_backbone(keys(5)) is None
