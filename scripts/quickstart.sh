@@ -18,6 +18,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   # shellcheck disable=SC1091
   . .venv/bin/activate
   python -m pip install --quiet -r requirements.txt "$(grep '^scikit-image' requirements-dev.txt)"
+  python -m pip install --quiet --no-deps -e .
 fi
 PY=${PYTHON_RUN:-python}
 
