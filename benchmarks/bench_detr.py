@@ -12,7 +12,11 @@ together with the RSS before the model is built (after imports), and their diffe
 warm-up iterations (which include MindSpore's graph compilation, timed separately). Both sides use random
 weights: speed does not depend on the values. Run from the repository root::
 
-    python -m benchmarks.bench_detr [--iters 3] [--height 800 --width 1066]
+    python -m benchmarks.bench_detr [--iters 3] [--height 800 --width 1066] [--only ms_infer torch_infer]
+
+Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, grew past 14 GB before
+finishing its first step (inference alone peaked at about 8 GB), so on small hosts run the training rows at a
+reduced size (e.g. ``--height 384 --width 512 --only torch_train ms_train``).
 """
 
 import argparse
