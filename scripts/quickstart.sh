@@ -5,13 +5,13 @@
 #   3. train the tiny DETR config on it for a short while (graph mode, CPU)
 #   4. evaluate the checkpoint with pycocotools
 #   5. draw its detections on a photograph: outputs/quickstart/infer/astronaut.jpg
-# Environment: PYTHON (default python3), QUICKSTART_STEPS (default 300), SKIP_INSTALL=1 to use the
+# Environment: PYTHON (default python3), QUICKSTART_STEPS (default 600), SKIP_INSTALL=1 to use the
 # current environment as it is.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=outputs/quickstart
-STEPS=${QUICKSTART_STEPS:-300}
+STEPS=${QUICKSTART_STEPS:-600}
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   "${PYTHON:-python3}" -m venv .venv
@@ -24,7 +24,8 @@ PY=${PYTHON_RUN:-python}
 
 "$PY" tools/build_sample_set.py --output_dir "$OUT/sample_coco"
 "$PY" train.py --config configs/detr/detr_tiny.yaml --coco_path "$OUT/sample_coco" --output_dir "$OUT/train" \
-      --max_steps "$STEPS" --epochs 100000 --set data.train_split=sample data.val_split=sample
+      --max_steps "$STEPS" --epochs 100000 \
+      --set data.train_split=sample data.val_split=sample train.lr_drop=100000 train.checkpoint_interval=100000
 CKPT=$(ls -t "$OUT"/train/checkpoints/*.ckpt | head -n 1)
 "$PY" eval.py --config configs/detr/detr_tiny.yaml --coco_path "$OUT/sample_coco" --checkpoint "$CKPT" \
       --split sample --output_dir "$OUT/eval"
