@@ -5,7 +5,6 @@
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -14,6 +13,7 @@ from src.config import load_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
 from src.engine.predict import load_image, predict
+from src.fileio import atomic_write_bytes, atomic_write_text
 from src.models import build_model
 from src.runtime import DEVICE_TARGETS, init_context
 from src.visualize import draw_detections
@@ -32,12 +32,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -52,9 +46,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     for path, image in images:
         detections = predict(net, image, cfg["data"], threshold)
-        _write_atomic(out / f"{path.stem}.json", lambda p, d=detections: p.write_text(json.dumps(d, indent=1)))
+        atomic_write_text(out / f"{path.stem}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
-        _write_atomic(out / f"{path.stem}.jpg", lambda p, im=drawn: cv2.imwrite(str(p), im))
+        ok, encoded = cv2.imencode(".jpg", drawn)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode the detections drawn on {path}")
+        atomic_write_bytes(out / f"{path.stem}.jpg", encoded.tobytes())
         print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (path.stem + '.json')}")
 
 

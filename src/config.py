@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from src.fileio import atomic_write_text
+
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
 
 
@@ -139,9 +141,4 @@ def _nest(keys: list[str], value: Any) -> dict:
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

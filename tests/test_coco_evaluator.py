@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from src.evaluation import coco_evaluator as ce_mod
+from src import fileio
 from src.evaluation.coco_evaluator import STAT_NAMES, CocoEvaluator, evaluate_results_file
 
 NO_OBJECT = 91
@@ -108,11 +108,11 @@ def test_metrics_written_atomically(reference, tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(ce_mod.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     evaluator.stats = {name: 0.1 for name in STAT_NAMES}
     with pytest.raises(OSError, match="rename failed"):
         evaluator.write_metrics(target)
-    monkeypatch.setattr(ce_mod.os, "replace", real_replace)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["metrics.json"]
 

@@ -38,6 +38,7 @@ import numpy as np
 from mindspore.mindrecord import FileReader, FileWriter
 
 from src.data.coco import ImageRecord, annotation_file, image_dir, load_coco_split
+from src.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +147,7 @@ def _to_sample(record: ImageRecord, images_folder: Path) -> dict:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def remove_mindrecord(mindrecord_dir, split: str) -> None:

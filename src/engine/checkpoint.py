@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn
+
+from src.fileio import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +138,9 @@ def save_checkpoint(
     append.update(extra)
     save_list = [{"name": name, "data": param} for name, param in {**params, **opt_state}.items()]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name must end in .ckpt (MindSpore appends it otherwise) and must not match the rotation
-    # pattern, hence the leading dot and the ".tmp-" infix.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".ckpt", dir=path.parent)
-    os.close(fd)
-    try:
-        ms.save_checkpoint(save_list, tmp_name, append_dict=append)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    # The temporary name ends in .ckpt (MindSpore appends it otherwise); its leading dot keeps it out of rotation.
+    with atomic_output(path, suffix=".ckpt") as tmp:
+        ms.save_checkpoint(save_list, str(tmp), append_dict=append)
     if keep_checkpoint_max > 0:
         _rotate(path, keep_checkpoint_max)
     return path
