@@ -19,10 +19,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def pytest_configure(config):
+    """CPU for the whole session: MindSpore accepts the device only before its first kernel runs."""
+    prefer_avx2_cpu_kernels()
+    ms.set_device("CPU")
+
+
 @pytest.fixture(autouse=True)
 def graph_mode():
-    """Every test runs in graph mode on CPU unless it switches explicitly."""
-    prefer_avx2_cpu_kernels()
+    """Every test starts in graph mode; a test may switch to PyNative for itself."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
     yield
