@@ -4,13 +4,13 @@
 #   2. build a COCO-format sample set from those photographs and the boxes in data/sample_annotations.json
 #   3. train the tiny DETR config on it for a short while (graph mode, CPU)
 #   4. evaluate the checkpoint with pycocotools
-#   5. draw its detections on a photograph: outputs/quickstart/infer/astronaut.jpg
-# Environment: PYTHON (default python3), QUICKSTART_STEPS (default 600), SKIP_INSTALL=1 to use the
-# current environment as it is.
+#   5. draw its detections on the photographs: outputs/quickstart/infer/*.jpg
+# Environment: PYTHON (default python3), QUICKSTART_STEPS (default 600), QUICKSTART_DIR (default
+# outputs/quickstart), SKIP_INSTALL=1 to use the current environment as it is.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-OUT=outputs/quickstart
+OUT=${QUICKSTART_DIR:-outputs/quickstart}
 STEPS=${QUICKSTART_STEPS:-600}
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then

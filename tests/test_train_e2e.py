@@ -121,3 +121,14 @@ def test_infer_writes_json_and_picture(trained, shared_data, tmp_path):
             assert set(det) == {"bbox", "score", "category_id", "category_name"}
             assert len(det["bbox"]) == 4
         assert (tmp_path / "infer" / f"{image.stem}.jpg").stat().st_size > 0
+
+
+def test_quickstart_runs_start_to_finish(tmp_path):
+    out = _run(["bash", "scripts/quickstart.sh"], tmp_path,
+               {"SKIP_INSTALL": "1", "QUICKSTART_STEPS": "10", "QUICKSTART_DIR": str(tmp_path / "qs"),
+                "PYTHON_RUN": sys.executable})
+    assert "quick start done" in out
+    pictures = sorted((tmp_path / "qs" / "infer").glob("*.jpg"))
+    samples = sorted((tmp_path / "qs" / "sample_coco" / "sample").glob("*.jpg"))
+    assert [p.stem for p in pictures] == [p.stem for p in samples]
+    assert json.loads((tmp_path / "qs" / "eval" / "metrics.json").read_text())["num_images"] == len(pictures)
