@@ -14,9 +14,9 @@ weights: speed does not depend on the values. Run from the repository root::
 
     python -m benchmarks.bench_detr [--iters 3] [--height 800 --width 1066] [--only ms_infer torch_infer]
 
-Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, grew past 14 GB before
-finishing its first step (inference alone peaked at about 8 GB), so on small hosts run the training rows at a
-reduced size (e.g. ``--height 384 --width 512 --only torch_train ms_train``).
+Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, was killed for memory on a
+23 GB host (inference alone peaked at about 8 GB RSS), so on small hosts run the training rows at a reduced
+size (e.g. ``--height 384 --width 512 --only torch_train ms_train``).
 """
 
 import argparse
@@ -76,9 +76,9 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     from src.engine.train_step import TrainStep
     from src.models.detr.criterion import build_criterion
     from src.models.detr.detr import build_detr
+    from src.runtime import init_context
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
+    init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
     base_rss = _rss_mb()
     cfg = load_config(os.path.join("configs", "detr", "detr_r50.yaml"))
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}

@@ -20,6 +20,7 @@ from src.models.detr.convert import ConversionError, convert_detr_checkpoint, in
 from src.models.detr.detr import build_detr
 from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
+from src.runtime import prefer_avx2_cpu_kernels
 from tools.convert_weights import main as convert_main
 
 torch = pytest.importorskip("torch")
@@ -158,6 +159,7 @@ def _load_ckpt(path):
 @pytest.fixture(scope="module")
 def converted(reference):
     # Module-scoped, so it can run before the per-test graph_mode fixture: pick the device before any kernel.
+    prefer_avx2_cpu_kernels()
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     out = reference["root"] / "from_hf.ckpt"
