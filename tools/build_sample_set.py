@@ -1,8 +1,8 @@
 """Build a small COCO-format quick-start set from the photographs shipped with scikit-image.
 
-Usage (from the repository root)::
+Usage (after ``pip install -e .``, which makes ``src`` importable)::
 
-    python -m tools.build_sample_set --output_dir sample_coco
+    python tools/build_sample_set.py --output_dir sample_coco
 
 writes ``sample_coco/annotations/instances_sample.json`` and ``sample_coco/sample/*.jpg``: six real photographs
 from ``skimage.data`` (astronaut, chelsea the cat, coffee, a motorcycle in a garage, the grayscale cameraman,

@@ -1,9 +1,8 @@
 """Convert one split of a COCO directory to MindRecord shards.
 
-Usage (from the repository root, so that the ``src`` package is importable)::
+Usage (after ``pip install -e .``, which makes ``src`` importable)::
 
-    python -m tools.coco_to_mindrecord --coco_path COCO --split train2017 --output_dir MR_DIR [--num_shards 8]
-    PYTHONPATH=. python tools/coco_to_mindrecord.py --coco_path COCO --split val2017 --output_dir MR_DIR
+    python tools/coco_to_mindrecord.py --coco_path COCO --split train2017 --output_dir MR_DIR [--num_shards 8]
 
 ``COCO`` holds ``annotations/instances_{split}.json`` and the images in ``{split}/``. The annotations are
 validated first (see ``src/data/coco.py`` for what is an error and what is skipped with a count); the shards

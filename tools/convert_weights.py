@@ -1,9 +1,9 @@
 """Convert PyTorch detector weights into a MindSpore checkpoint.
 
-Usage (from the repository root, so that the ``src`` package is importable)::
+Usage (after ``pip install -e .``, which makes ``src`` importable)::
 
-    python -m tools.convert_weights --model detr --source detr-r50-e632da11.pth --output detr_r50.ckpt
-    python -m tools.convert_weights --model detr --source ./detr-resnet-50/ --output detr_r50.ckpt \\
+    python tools/convert_weights.py --model detr --source detr-r50-e632da11.pth --output detr_r50.ckpt
+    python tools/convert_weights.py --model detr --source ./detr-resnet-50/ --output detr_r50.ckpt \\
         --config configs/detr/detr_r50_dc5.yaml
 
 ``--source`` is a torch-hub checkpoint or a Hugging Face model directory / weights file. Without ``--config``
