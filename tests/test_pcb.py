@@ -12,6 +12,7 @@ from src.models.defrcn.pcb import (
     Prototypes,
     build_calibration,
     build_prototypes,
+    calibrate_image,
     coco_category_to_index,
     extract_support_features,
     extractor_fingerprint,
@@ -147,3 +148,19 @@ def test_extractor_whole_image_box_equals_classifier_logits():
     fingerprint = extractor_fingerprint(net)
     assert fingerprint.startswith("pcb-resnet:") and fingerprint == extractor_fingerprint(net)
     assert "net.fc.weight" in {p.name for p in net.get_parameters()}
+
+
+def test_calibrate_image_uses_the_prototype_of_the_predicted_class():
+    net = PCBFeatureExtractor(num_logits=4, depths=(1, 1, 1, 1))
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 255, (64, 96, 3)).astype(np.uint8)
+    boxes = np.asarray([[0, 0, 40, 40], [30, 10, 90, 60], [0, 0, 0, 0]], np.float32)
+    feats, _ = extract_support_features(net, [(image, boxes[:2], [0, 1])])
+    protos = build_prototypes(feats, [0, 1], ("a", "b"), "toy", 0, extractor_fingerprint(net))
+    # Each box compared with its own class prototype (cosine 1) versus the other class's.
+    own = calibrate_image(net, build_calibration(protos), image, boxes, [0.4, 0.6, 0.9], [0, 1, -1])
+    np.testing.assert_allclose(own, [0.7, 0.8, 0.9], rtol=1e-5)
+    cos = feats[0] @ feats[1] / np.linalg.norm(feats[0]) / np.linalg.norm(feats[1])
+    assert cos < 0.999  # otherwise swapping the classes could not be told apart
+    swapped = calibrate_image(net, build_calibration(protos), image, boxes, [0.4, 0.6, 0.9], [1, 0, -1])
+    np.testing.assert_allclose(swapped, [0.2 + 0.5 * cos, 0.3 + 0.5 * cos, 0.9], rtol=1e-4)

@@ -22,8 +22,8 @@ then 5 novel classes; novel-only settings: the novel list), background excluded.
 happen silently.
 
 The calibration math (:class:`PrototypeCalibration`) is separate from the feature extractor
-(:class:`PCBFeatureExtractor`), and prototypes can be cached per split, seed and extractor
-(:func:`save_prototype_cache`, :func:`load_prototype_cache`).
+(:class:`PCBFeatureExtractor`); :func:`calibrate_image` joins them for one test image. Prototypes can be
+cached per split, seed and extractor (:func:`save_prototype_cache`, :func:`load_prototype_cache`).
 
 Known deviation: detectron2's ``sampling_ratio=0`` (adaptive grid) cannot be expressed with ``ops.ROIAlign``
 (see ``src/ops/roi_align.py``); the extractor uses a fixed grid (default 4 x 4 samples per box).
@@ -365,3 +365,26 @@ def extract_support_features(extractor: nn.Cell,
     if not features:
         raise ValueError("no support boxes: the support set is empty")
     return np.concatenate(features), np.concatenate(labels)
+
+
+def calibrate_image(extractor: nn.Cell, calibration: PrototypeCalibration, image_bgr: np.ndarray,
+                    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """PCB for one test image (DeFRCN ``execute_calibration``; its test batch is 1 as well).
+
+    Args:
+        extractor: a :class:`PCBFeatureExtractor`.
+        calibration: from :func:`build_calibration`.
+        image_bgr: uint8 [H, W, 3] BGR, the original image (detections are in its pixel coordinates).
+        boxes: float [N, 4] xyxy original-image pixels; scores: float [N]; labels: int [N] detector class
+            indices (padding rows may carry any box and a label of -1).
+
+    Returns:
+        float32 [N] calibrated scores (rows outside the score range, excluded or padding rows unchanged).
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    if boxes.shape[0] == 0:
+        return scores
+    features = extractor(Tensor(pcb_preprocess(image_bgr)), Tensor(boxes))
+    out = calibration(Tensor(scores), Tensor(np.asarray(labels, np.int32).reshape(-1)), features)
+    return out.asnumpy()
