@@ -82,3 +82,76 @@ def test_checkpoint_name_maps():
     with pytest.raises(ValueError):
         ResNetC4(depth=34)
 
+
+
+def _np_decode(deltas, anchors):
+    widths = anchors[:, 2] - anchors[:, 0]
+    heights = anchors[:, 3] - anchors[:, 1]
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    clamp = np.log(1000.0 / 16)
+    x = deltas[:, 0] * widths + ctr_x
+    y = deltas[:, 1] * heights + ctr_y
+    w = np.exp(np.minimum(deltas[:, 2], clamp)) * widths
+    h = np.exp(np.minimum(deltas[:, 3], clamp)) * heights
+    return np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], axis=1)
+
+
+def _np_iou(box, boxes):
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + areas - inter)
+
+
+def _np_proposals(logits, deltas, anchors, image_hw, pre_k, post_k, thresh):
+    """find_top_rpn_proposals for one image, written from detectron2's description."""
+    order = np.argsort(-logits, kind="stable")[:pre_k]
+    boxes = _np_decode(deltas[order], anchors[order])
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, image_hw[1])
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, image_hw[0])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores = boxes[keep], logits[order][keep]
+    kept = []
+    for i in range(len(boxes)):
+        if all(_np_iou(boxes[i], boxes[j:j + 1])[0] <= thresh for j in kept):
+            kept.append(i)
+    suppressed = len(boxes) - len(kept)
+    kept = kept[:post_k]
+    return boxes[kept], scores[kept], suppressed
+
+
+def test_rpn_proposals_static_clipped_nms_and_reference():
+    from src.models.defrcn.rpn import RPN
+    from src.ops.anchors import grid_anchors
+
+    rng = np.random.default_rng(2)
+    rpn = RPN(16, pre_nms_topk_test=300, post_nms_topk_test=40, nms_thresh=0.7)
+    # Larger random weights than the 0.01 init so that deltas move boxes and NMS has work to do.
+    for param in rpn.get_parameters():
+        param.set_data(Tensor(rng.normal(0.0, 0.2, param.shape).astype(np.float32)))
+    rpn.set_train(False)
+    features = rng.normal(size=(2, 16, 8, 10)).astype(np.float32)
+    image_sizes = np.array([[128, 160], [100, 90]], np.float32)  # second image padded inside the batch
+    proposals, objectness, valid, logits, deltas = (o.asnumpy() for o in rpn(Tensor(features), Tensor(image_sizes)))
+    assert proposals.shape == (2, 40, 4) and objectness.shape == (2, 40) and valid.shape == (2, 40)
+    assert logits.shape == (2, 8 * 10 * 15) and deltas.shape == (2, 8 * 10 * 15, 4)
+    anchors = grid_anchors((8, 10), stride=16)
+    for i in range(2):
+        n = int(valid[i].sum())
+        assert n > 0 and valid[i, :n].all() and not valid[i, n:].any()
+        boxes = proposals[i, :n]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= image_sizes[i, 1]).all() and (boxes[:, 3] <= image_sizes[i, 0]).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        for j in range(n):
+            assert (_np_iou(boxes[j], np.delete(boxes, j, axis=0)) <= 0.7 + 1e-6).all()
+        assert (np.diff(objectness[i, :n]) <= 0).all()
+        ref_boxes, ref_scores, suppressed = _np_proposals(logits[i], deltas[i], anchors, image_sizes[i], 300, 40, 0.7)
+        assert n == len(ref_boxes) and suppressed > 0  # NMS removed boxes in this example
+        np.testing.assert_allclose(boxes, ref_boxes, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(objectness[i, :n], ref_scores, rtol=1e-6)
