@@ -1,0 +1,337 @@
+"""Focus-DETR detector (Zheng et al., ICCV 2023): backbone, neck, FTS, Focus encoder, two-stage DINO decoder.
+
+Follows detrex ``projects/focus_detr/modeling/focus_detr.py`` (``FOCUS_DETR.forward`` without denoising) and
+``focus_detr_transformer.py`` (``FOCUS_DETRTransformer.forward``):
+
+1. backbone res3-5 -> ChannelMapper (4 levels, strides 8-64); per level the padding mask (nearest resize) and
+   the detrex sine position embedding (normalized, offset -0.5);
+2. flatten; ``gen_encoder_output_proposals`` on ``features + position`` gives the processed tokens the
+   foreground token selector scores (top-down modulation with ``alpha``), then the cascade top-k;
+3. Focus encoder over the selected tokens (:mod:`.encoder`);
+4. two-stage: grid proposals (wh ``0.05 * 2^l``) refined by the last box head, top ``num_queries`` tokens by the
+   last class head's max logit; learnt target embedding, detached sigmoid proposals as first references;
+5. decoder with iterative refinement (:mod:`.decoder`); per layer ``l`` the outputs are
+   ``class_embed[l](h_l)`` and ``sigmoid(bbox_embed[l](h_l) + inverse_sigmoid(ref_{l-1}))``.
+
+Unlike the reference at inference (which passes an all-False mask), the padding mask given to ``construct`` is
+always used. Contrastive denoising queries are not implemented.
+"""
+
+import math
+from typing import Sequence, Tuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from src.layers.mlp import MLP
+from src.layers.position_encoding import PositionEmbeddingSine
+from src.models.focus_detr.backbone import MultiLevelResNet
+from src.models.focus_detr.decoder import FocusDETRDecoder, inverse_sigmoid
+from src.models.focus_detr.encoder import OESM_TOPK, FocusDETREncoder, gather_tokens
+from src.models.focus_detr.fts import (
+    CASCADE_RATIOS,
+    FOCUS_RHO,
+    MaskPredictor,
+    select_foreground_tokens,
+    top_down_foreground_scores,
+)
+from src.models.focus_detr.neck import ChannelMapper
+
+SpatialShapes = Tuple[Tuple[int, int], ...]
+
+
+class OffsetPositionEmbeddingSine(PositionEmbeddingSine):
+    """detrex ``PositionEmbeddingSine(normalize=True)``: ``(cumsum + offset) / (last + eps) * scale``.
+
+    Same as the shared DETR embedding (reused through its ``_encode``) plus the ``offset`` (-0.5 in the 12-epoch
+    Focus-DETR configs, 0.0 in the 24/36-epoch ones).
+
+    Args:
+        num_pos_feats, temperature, scale, eps: see :class:`src.layers.position_encoding.PositionEmbeddingSine`.
+        offset: added to the running counts before normalizing.
+
+    Inputs:
+        mask (Tensor[bool]): ``[B, H, W]``, True on padding.
+
+    Outputs:
+        Tensor[float32]: ``[B, 2F, H, W]`` (y channels first).
+    """
+
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000, scale: float = 2 * math.pi,
+                 eps: float = 1e-6, offset: float = -0.5):
+        super().__init__(num_pos_feats, temperature, scale, eps)
+        self.offset = offset
+
+    def construct(self, mask):
+        not_mask = ops.logical_not(mask).astype(ms.float32)
+        y_embed = ops.cumsum(not_mask, axis=1)
+        x_embed = ops.cumsum(not_mask, axis=2)
+        y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
+        x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
+        pos = ops.concat((self._encode(y_embed), self._encode(x_embed)), axis=3)
+        return pos.transpose(0, 3, 1, 2)
+
+
+def valid_ratios_of(mask):
+    """Valid fraction of one level's mask ``[B, H, W]`` (True on padding) -> ``[B, 2]`` float32 as ``(w, h)``."""
+    not_mask = ops.logical_not(mask).astype(ms.float32)
+    ratio_h = not_mask[:, :, 0].sum(axis=1) / mask.shape[1]
+    ratio_w = not_mask[:, 0, :].sum(axis=1) / mask.shape[2]
+    return ops.stack((ratio_w, ratio_h), axis=-1)
+
+
+def encoder_reference_points(spatial_shapes: SpatialShapes, valid_ratios):
+    """Pixel-centre reference points of every token, relative to the valid region, for each level.
+
+    detrex ``get_reference_points``: token ``(i, j)`` of level ``l`` sits at ``((j+0.5)/(r_w^l W_l),
+    (i+0.5)/(r_h^l H_l))``, then multiplied by every level's valid ratio.
+
+    Args:
+        spatial_shapes: static ``(H_l, W_l)``.
+        valid_ratios (Tensor[float32]): ``[B, L, 2]`` as ``(w, h)``.
+
+    Returns:
+        Tensor[float32]: ``[B, N, L, 2]`` normalized ``(x, y)``.
+    """
+    points = []
+    for lvl, (height, width) in enumerate(spatial_shapes):
+        ys, xs = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5, np.arange(width, dtype=np.float32) + 0.5,
+                             indexing="ij")
+        ref_x = Tensor(xs.reshape(1, -1)) / (valid_ratios[:, lvl, 0:1] * width)
+        ref_y = Tensor(ys.reshape(1, -1)) / (valid_ratios[:, lvl, 1:2] * height)
+        points.append(ops.stack((ref_x, ref_y), axis=-1))
+    points = ops.concat(points, axis=1)
+    return points.expand_dims(2) * valid_ratios.expand_dims(1)
+
+
+def encoder_output_proposals(mask_flatten, spatial_shapes: SpatialShapes):
+    """Default two-stage proposals per token (detrex ``gen_encoder_output_proposals``, proposal part).
+
+    Token ``(i, j)`` of level ``l`` proposes the box centred at ``((j+0.5)/W_valid, (i+0.5)/H_valid)`` with
+    ``w = h = 0.05 * 2^l`` (valid sizes counted per image). A proposal is valid when all four coordinates lie in
+    ``(0.01, 0.99)`` and the token is not padding.
+
+    Args:
+        mask_flatten (Tensor[bool]): ``[B, N]``, True on padding.
+        spatial_shapes: static ``(H_l, W_l)``.
+
+    Returns:
+        tuple: ``(proposals [B, N, 4] float32 inverse-sigmoid cxcywh with +inf on invalid tokens, valid [B, N]
+        bool)``.
+    """
+    batch = mask_flatten.shape[0]
+    start = 0
+    proposals = []
+    for lvl, (height, width) in enumerate(spatial_shapes):
+        not_mask = ops.logical_not(mask_flatten[:, start:start + height * width].reshape(batch, height, width))
+        not_mask = not_mask.astype(ms.float32)
+        valid_h = not_mask[:, :, 0].sum(axis=1).reshape(batch, 1)
+        valid_w = not_mask[:, 0, :].sum(axis=1).reshape(batch, 1)
+        ys, xs = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5, np.arange(width, dtype=np.float32) + 0.5,
+                             indexing="ij")
+        cx = Tensor(xs.reshape(1, -1)) / valid_w
+        cy = Tensor(ys.reshape(1, -1)) / valid_h
+        wh = ops.full_like(cx, 0.05 * (2.0 ** lvl))
+        proposals.append(ops.stack((cx, cy, wh, wh), axis=-1))
+        start += height * width
+    proposals = ops.concat(proposals, axis=1)
+    inside = ops.logical_and(proposals > 0.01, proposals < 0.99).all(axis=-1)
+    valid = ops.logical_and(inside, ops.logical_not(mask_flatten))
+    # Clamp only to keep log finite where the box is invalid anyway (those entries become +inf below).
+    safe = ops.clamp(proposals, 1e-6, 1.0 - 1e-6)
+    unact = ops.log(safe / (1.0 - safe))
+    unact = ops.masked_fill(unact, ops.logical_not(valid).expand_dims(-1), float("inf"))
+    return unact, valid
+
+
+class FocusDETR(nn.Cell):
+    """Focus-DETR with a ResNet backbone (two-stage, 4 scales, no denoising).
+
+    Parameter names follow the detrex checkpoint up to the documented renames: ``backbone.body.*`` (see
+    :func:`src.models.focus_detr.backbone.detectron2_to_mindspore_key`), ``neck.*``, ``transformer.{alpha,
+    level_embeds, tgt_embed.embedding_table, enc_output, enc_output_norm, enc_mask_predictor, encoder.layers,
+    decoder.layers, decoder.ref_point_head, decoder.norm}``, ``class_embed.{0..D}``, ``bbox_embed.{0..D}`` (index
+    ``D`` = two-stage head, also the encoder's MCSP head). LayerNorms use ``gamma/beta``.
+
+    Args:
+        num_classes: ``K`` sigmoid classes (80 for COCO in detrex), no no-object column.
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        train_backbone: train the backbone stages (the stem is always frozen).
+        embed_dim: width ``C`` (256); divisible by 32 (GroupNorm groups) and by ``num_heads``.
+        num_heads: attention heads (8).
+        enc_layers: encoder layers (<= ``len(cascade)``).
+        dec_layers: decoder layers.
+        feedforward_dim: FFN width (2048).
+        num_queries: two-stage proposals / decoder queries (900).
+        num_points: deformable points per level (4).
+        dropout: dropout everywhere in the transformer (0.0).
+        rho: foreground keep ratio (0.5).
+        cascade: per-encoder-layer keep ratios.
+        oesm_topk: tokens of the OESM self-attention (300).
+        pos_temperature: sine position temperature (10000 for 12ep configs, 20 for 24/36ep).
+        pos_offset: sine position offset (-0.5 for 12ep, 0.0 for 24/36ep).
+        num_levels: feature levels (3 backbone + extras); the FTS modulation is written for any ``L``.
+
+    Inputs:
+        image (Tensor[float32]): ``[B, 3, H, W]`` normalized, zero-padded bottom/right.
+        mask (Tensor[bool]): ``[B, H, W]``, True on padding.
+
+    Outputs:
+        tuple of
+            - pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer;
+            - pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` normalized cxcywh in ``[0, 1]``;
+            - enc_logits (Tensor[float32]): ``[B, Q, K]`` two-stage proposal logits (``class_embed[D]``);
+            - enc_boxes (Tensor[float32]): ``[B, Q, 4]`` two-stage proposal boxes, cxcywh in ``[0, 1]``;
+            - foreground_logits (Tensor[float32]): ``[B, N]`` FTS logits over all tokens, level order finest first;
+            - mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (for the foreground loss).
+
+    Raises:
+        ValueError: on an unknown backbone, a bad level count, or (while tracing) ``num_queries`` larger than the
+            number of tokens.
+    """
+
+    def __init__(self, num_classes: int = 80, backbone: str = "resnet50", train_backbone: bool = True,
+                 embed_dim: int = 256, num_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
+                 feedforward_dim: int = 2048, num_queries: int = 900, num_points: int = 4, dropout: float = 0.0,
+                 rho: float = FOCUS_RHO, cascade: Sequence[float] = CASCADE_RATIOS, oesm_topk: int = OESM_TOPK,
+                 pos_temperature: float = 10000.0, pos_offset: float = -0.5, num_levels: int = 4):
+        super().__init__()
+        if num_levels < 3:
+            raise ValueError(f"num_levels must be >= 3 (res3-5 plus extras), got {num_levels}")
+        if enc_layers > len(cascade):
+            raise ValueError(f"enc_layers={enc_layers} exceeds the {len(cascade)} cascade ratios")
+        self.num_queries = num_queries
+        self.num_levels = num_levels
+        self.embed_dim = embed_dim
+        self.rho = rho
+        self.cascade = tuple(cascade[:enc_layers])
+        self.backbone = MultiLevelResNet(backbone, freeze_stem=True, train_backbone=train_backbone)
+        self.neck = ChannelMapper(MultiLevelResNet.num_channels, embed_dim, num_outs=num_levels)
+        self.position_embedding = OffsetPositionEmbeddingSine(embed_dim // 2, pos_temperature, offset=pos_offset)
+
+        prior_bias = -math.log((1 - 0.01) / 0.01)
+        class_heads = []
+        box_heads = []
+        for _ in range(dec_layers + 1):
+            class_heads.append(nn.Dense(embed_dim, num_classes, bias_init=Tensor(np.full(num_classes, prior_bias,
+                                                                                         np.float32))))
+            box = MLP(embed_dim, embed_dim, 4, 3)
+            box.layers[-1].weight.set_data(initializer("zeros", box.layers[-1].weight.shape, ms.float32))
+            box.layers[-1].bias.set_data(initializer("zeros", box.layers[-1].bias.shape, ms.float32))
+            box_heads.append(box)
+        class_embed = nn.CellList(class_heads)
+        bbox_embed = nn.CellList(box_heads)
+        self.transformer = FocusTransformer(
+            class_embed, bbox_embed, embed_dim, num_heads, enc_layers, dec_layers, feedforward_dim, num_queries,
+            num_levels, num_points, dropout, oesm_topk)
+        # Assigned after the transformer so the shared heads are named ``class_embed.*`` / ``bbox_embed.*``.
+        self.class_embed = class_embed
+        self.bbox_embed = bbox_embed
+
+    def construct(self, image, mask):
+        feats = self.neck(self.backbone(image))
+        masks = ()
+        poses = ()
+        for feat in feats:
+            size = (feat.shape[2], feat.shape[3])
+            small = ops.interpolate(mask[:, None].astype(ms.float32), size=size, mode="nearest")[:, 0] > 0.5
+            masks = masks + (small,)
+            poses = poses + (self.position_embedding(small),)
+        hidden, init_ref, inter_refs, enc_target, enc_boxes, fg_logits, mask_flatten = self.transformer(
+            feats, masks, poses, self.rho, self.cascade)
+        logits = []
+        boxes = []
+        for lvl in range(hidden.shape[0]):
+            reference = init_ref if lvl == 0 else inter_refs[lvl - 1]
+            logits.append(self.class_embed[lvl](hidden[lvl]))
+            boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
+        enc_logits = self.class_embed[-1](enc_target)
+        return ops.stack(logits), ops.stack(boxes), enc_logits, enc_boxes, fg_logits, mask_flatten
+
+
+class FocusTransformer(nn.Cell):
+    """FTS + Focus encoder + two-stage query selection + decoder (detrex ``FOCUS_DETRTransformer``).
+
+    Args:
+        class_embed, bbox_embed (nn.CellList): the model's ``D + 1`` heads (shared, not owned).
+        Others: see :class:`FocusDETR`.
+    """
+
+    def __init__(self, class_embed: nn.CellList, bbox_embed: nn.CellList, embed_dim: int, num_heads: int,
+                 enc_layers: int, dec_layers: int, feedforward_dim: int, num_queries: int, num_levels: int,
+                 num_points: int, dropout: float, oesm_topk: int):
+        super().__init__()
+        self.num_queries = num_queries
+        self.embed_dim = embed_dim
+        self.alpha = Parameter(initializer(ms.common.initializer.Uniform(0.3), (num_levels - 1,), ms.float32),
+                               name="alpha")
+        self.level_embeds = Parameter(initializer(Normal(1.0), (num_levels, embed_dim), ms.float32),
+                                      name="level_embeds")
+        self.tgt_embed = nn.Embedding(num_queries, embed_dim)
+        self.enc_output = nn.Dense(embed_dim, embed_dim)
+        self.enc_output_norm = nn.LayerNorm((embed_dim,), epsilon=1e-5)
+        self.enc_mask_predictor = MaskPredictor(embed_dim, embed_dim)
+        self.encoder = FocusDETREncoder(class_embed[-1], embed_dim, num_heads, feedforward_dim, enc_layers,
+                                        num_levels, num_points, dropout, oesm_topk)
+        self.decoder = FocusDETRDecoder(bbox_embed, embed_dim, num_heads, feedforward_dim, dec_layers, num_levels,
+                                        num_points, dropout)
+        self.class_head = class_embed[-1]
+        self.box_head = bbox_embed[-1]
+
+    def _process_memory(self, memory, invalid):
+        # detrex zeroes padded tokens and tokens with an out-of-range default proposal, then projects + norms.
+        memory = ops.masked_fill(memory, invalid.expand_dims(-1), 0.0)
+        return self.enc_output_norm(self.enc_output(memory))
+
+    def construct(self, feats, masks, poses, rho: float, cascade: Tuple[float, ...]):
+        """Run the transformer on the neck levels.
+
+        Args:
+            feats (tuple[Tensor[float32]]): ``[B, C, H_l, W_l]`` per level.
+            masks (tuple[Tensor[bool]]): ``[B, H_l, W_l]``, True on padding.
+            poses (tuple[Tensor[float32]]): ``[B, C, H_l, W_l]`` sine position embeddings.
+            rho: foreground keep ratio.
+            cascade: per-encoder-layer ratios.
+
+        Returns:
+            tuple: ``hidden [D, B, Q, C]``, ``init_ref [B, Q, 4]``, ``inter_refs [D, B, Q, 4]``, ``enc_target
+            [B, Q, C]``, ``enc_boxes [B, Q, 4]``, ``foreground_logits [B, N]``, ``mask_flatten [B, N]``.
+        """
+        batch = feats[0].shape[0]
+        spatial_shapes = tuple((int(f.shape[2]), int(f.shape[3])) for f in feats)
+        feat_flatten = ops.concat([f.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1) for f in feats], axis=1)
+        mask_flatten = ops.concat([m.reshape(batch, -1) for m in masks], axis=1)
+        pos_flatten = ops.concat(
+            [p.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1) + self.level_embeds[lvl].reshape(1, 1, -1)
+             for lvl, p in enumerate(poses)], axis=1)
+        num_tokens = feat_flatten.shape[1]
+        if self.num_queries > num_tokens:
+            raise ValueError(f"num_queries={self.num_queries} exceeds the {num_tokens} tokens of this input size")
+        valid_ratios = ops.stack([valid_ratios_of(m) for m in masks], axis=1)
+        reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
+        proposals, proposal_valid = encoder_output_proposals(mask_flatten, spatial_shapes)
+        invalid = ops.logical_not(proposal_valid)
+
+        # Foreground token selection on the processed (feature + position) tokens.
+        fts_memory = self._process_memory(feat_flatten + pos_flatten, invalid)
+        fg_logits = top_down_foreground_scores(fts_memory, mask_flatten, spatial_shapes, self.enc_mask_predictor,
+                                               self.alpha)
+        indices, layer_valid, _ = select_foreground_tokens(fg_logits, mask_flatten, rho, cascade)
+        memory = self.encoder(feat_flatten, pos_flatten, mask_flatten, reference_points, fg_logits, indices,
+                              layer_valid, spatial_shapes)
+
+        # Two-stage query selection.
+        output_memory = self._process_memory(memory, invalid)
+        enc_class = self.class_head(output_memory)
+        enc_coord_unact = self.box_head(output_memory) + proposals
+        _, topk = ops.topk(enc_class.max(axis=-1), self.num_queries, dim=1, largest=True, sorted=True)
+        topk = topk.astype(ms.int32)
+        topk_coords_unact = gather_tokens(enc_coord_unact, topk)
+        init_ref = ops.sigmoid(ops.stop_gradient(topk_coords_unact))
+        enc_target = gather_tokens(output_memory, topk)
+        target = ops.broadcast_to(self.tgt_embed.embedding_table.expand_dims(0),
+                                  (batch, self.num_queries, self.embed_dim))
+        hidden, inter_refs = self.decoder(target, memory, mask_flatten, init_ref, valid_ratios, spatial_shapes)
+        return (hidden, init_ref, inter_refs, enc_target, ops.sigmoid(topk_coords_unact), fg_logits, mask_flatten)
