@@ -155,3 +155,57 @@ def test_rpn_proposals_static_clipped_nms_and_reference():
         assert n == len(ref_boxes) and suppressed > 0  # NMS removed boxes in this example
         np.testing.assert_allclose(boxes, ref_boxes, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(objectness[i, :n], ref_scores, rtol=1e-6)
+
+
+def _tiny_roi_heads(num_classes=3, cls_dropout=True):
+    from src.models.defrcn.roi_heads import Res5ROIHeads
+
+    return Res5ROIHeads(build_res5(depth=50, res2_out_channels=8), 64, num_classes, cls_dropout=cls_dropout)
+
+
+def test_roi_head_dropout_only_in_training_and_only_on_classifier():
+    rng = np.random.default_rng(3)
+    heads = _tiny_roi_heads()
+    _set_random_params(heads.res5, rng)
+    features = Tensor(rng.normal(size=(2, 32, 6, 8)).astype(np.float32))
+    proposals = Tensor(np.array([[[0, 0, 40, 30], [10, 20, 90, 80], [5, 5, 120, 90]],
+                                 [[30, 0, 60, 50], [0, 0, 127, 95], [50, 40, 70, 60]]], np.float32))
+    heads.set_train(False)
+    eval_a = [o.asnumpy() for o in heads(features, proposals)]
+    eval_b = [o.asnumpy() for o in heads(features, proposals)]
+    assert eval_a[0].shape == (6, 4) and eval_a[1].shape == (6, 12)
+    np.testing.assert_array_equal(eval_a[0], eval_b[0])
+    heads.set_train(True)
+    train_a = [o.asnumpy() for o in heads(features, proposals)]
+    train_b = [o.asnumpy() for o in heads(features, proposals)]
+    assert not np.allclose(train_a[0], train_b[0])
+    assert not np.allclose(train_a[0], eval_a[0])
+    # bbox_pred sees the features before dropout.
+    np.testing.assert_allclose(train_a[1], eval_a[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(train_b[1], eval_a[1], rtol=1e-5, atol=1e-7)
+
+
+def test_fast_rcnn_inference_threshold_per_class_nms_and_padding():
+    from src.models.defrcn.roi_heads import FastRCNNInference
+
+    proposals = np.array([[[10, 10, 50, 50], [12, 10, 52, 50], [60, 60, 90, 90], [0, 0, 20, 20]]], np.float32)
+    valid = np.array([[True, True, True, False]])
+    # Probabilities over (class 0, class 1, background) via log-probabilities as logits.
+    probs = np.array([[0.90, 0.04, 0.06],   # kept: class 0
+                      [0.50, 0.40, 0.10],   # class 0 suppressed by row 0 (IoU > 0.5); class 1 kept
+                      [0.03, 0.04, 0.93],   # both below 0.05
+                      [0.95, 0.01, 0.04]],  # invalid proposal
+                     np.float32)
+    logits = np.log(probs)
+    deltas = np.zeros((4, 8), np.float32)
+    post = FastRCNNInference(num_classes=2, score_thresh=0.05, nms_thresh=0.5, detections_per_image=10,
+                             max_candidates=10)  # 8 pairs < 10 slots: padded
+    boxes, scores, labels, keep = (o.asnumpy() for o in post(Tensor(logits), Tensor(deltas), Tensor(proposals),
+                                                              Tensor(valid), Tensor(np.array([[80, 70]], np.int32))))
+    assert boxes.shape == (1, 10, 4) and scores.shape == (1, 10) and labels.shape == (1, 10) and keep.shape == (1, 10)
+    assert keep[0].tolist() == [True, True] + [False] * 8
+    np.testing.assert_allclose(scores[0, :2], [0.90, 0.40], rtol=1e-5)
+    assert labels[0, :2].tolist() == [0, 1]
+    # Zero deltas give the proposal itself, clipped to the 80 x 70 (h x w) image.
+    np.testing.assert_allclose(boxes[0, :2], [[10, 10, 50, 50], [12, 10, 52, 50]], atol=1e-4)
+    assert (boxes[0, 2:] == 0).all() and (scores[0, 2:] == 0).all()
