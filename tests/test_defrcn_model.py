@@ -209,3 +209,58 @@ def test_fast_rcnn_inference_threshold_per_class_nms_and_padding():
     # Zero deltas give the proposal itself, clipped to the 80 x 70 (h x w) image.
     np.testing.assert_allclose(boxes[0, :2], [[10, 10, 50, 50], [12, 10, 52, 50]], atol=1e-4)
     assert (boxes[0, 2:] == 0).all() and (scores[0, 2:] == 0).all()
+
+
+def _caffe_input(path, short=128, max_size=160):
+    """detectron2-style resize (shortest side, capped longest side) and BGR mean subtraction."""
+    import cv2
+
+    bgr = cv2.imread(str(path))
+    h, w = bgr.shape[:2]
+    scale = min(short / min(h, w), max_size / max(h, w))
+    nh, nw = int(round(h * scale)), int(round(w * scale))
+    resized = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    resized -= np.array([103.53, 116.28, 123.675], np.float32)
+    padded = np.zeros((3, short, max_size), np.float32)  # static batch shape, zero-padded bottom/right
+    padded[:, :nh, :nw] = resized.transpose(2, 0, 1)
+    return padded, (nh, nw)
+
+
+def test_defrcn_inference_on_real_image(shared_data):
+    from src.models.defrcn.model import DeFRCN
+
+    image_dir = shared_data / "coco_tiny" / "val2017"
+    paths = sorted(image_dir.glob("*.jpg"))[:2]
+    inputs = [_caffe_input(p) for p in paths]
+    images = np.stack([x for x, _ in inputs])
+    sizes = np.array([hw for _, hw in inputs], np.float32)
+    net = DeFRCN(num_classes=3, depth=50, stem_out_channels=8, res2_out_channels=16, freeze_roi_feat=True,
+                 rpn_pre_nms_topk_test=200, rpn_post_nms_topk_test=50, max_candidates=150, cls_dropout=True)
+    for name in (p.name for p in net.get_parameters()):
+        d2_to_mindspore_name(name)  # every parameter sits where a DeFRCN checkpoint key would
+    names = {p.name: p.requires_grad for p in net.get_parameters()}
+    assert names["affine_rcnn.weight"] and names["proposal_generator.rpn_head.conv.weight"]
+    assert not names["roi_heads.res5.0.conv1.weight"] and not names["backbone.res3.0.conv1.weight"]
+    assert names["roi_heads.box_predictor.cls_score.weight"] and names["backbone.res4.0.conv1.weight"]
+    # Untrained FrozenBN is the identity, so a random 50-layer trunk blows activations up to ~1e4 and every
+    # RPN box degenerates. Zero the last norm of each residual branch (as in zero-init-residual) and shrink the
+    # stem so features stay O(1), the regime of a trained detector.
+    for param in net.get_parameters():
+        if param.name.endswith("conv3.norm.weight"):
+            param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        elif param.name == "backbone.stem.conv1.norm.weight":
+            param.set_data(Tensor(np.full(param.shape, 0.01, np.float32)))
+    net.set_train(False)
+    boxes, scores, labels, valid = (o.asnumpy() for o in net(Tensor(images), Tensor(sizes)))
+    assert boxes.shape == (2, 100, 4) and scores.shape == (2, 100) and labels.shape == (2, 100)
+    assert valid.shape == (2, 100) and valid.dtype == np.bool_ and labels.dtype == np.int32
+    assert np.isfinite(boxes).all() and np.isfinite(scores).all()
+    for i in range(2):
+        n = int(valid[i].sum())
+        assert n > 10 and valid[i, :n].all() and not valid[i, n:].any()
+        assert (scores[i, :n] > 0.05).all() and (np.diff(scores[i, :n]) <= 0).all()
+        assert ((labels[i, :n] >= 0) & (labels[i, :n] < 3)).all()
+        b = boxes[i, :n]
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= sizes[i, 1]).all() and (b[:, 3] <= sizes[i, 0]).all()
+    again = net(Tensor(images), Tensor(sizes))[1].asnumpy()
+    np.testing.assert_array_equal(again, scores)  # eval mode: dropout off, deterministic
