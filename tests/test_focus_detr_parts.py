@@ -8,6 +8,7 @@ from mindspore import Tensor
 
 from src.models.focus_detr.decoder import inverse_sigmoid, sine_box_embedding
 from src.models.focus_detr.model import OffsetPositionEmbeddingSine, encoder_output_proposals, encoder_reference_points
+from src.models.focus_detr.postprocess import FocusPostProcess
 
 
 def _torch_sine(pos, feats, temperature):
@@ -73,3 +74,21 @@ def test_proposals_and_reference_points_on_a_padded_image():
     # Token (1, 2) of level 0 in image 1: x = 2.5 / 4 relative to the valid part, times each level's ratio.
     np.testing.assert_allclose(refs[1, 1 * 6 + 2, :, 0], 2.5 / 4 * ratios[1, :, 0], rtol=1e-5)
     np.testing.assert_allclose(refs[1, 1 * 6 + 2, :, 1], 1.5 / 4 * ratios[1, :, 1], rtol=1e-5)
+
+
+def test_postprocess_topk_over_queries_and_classes():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    boxes = rng.uniform(0.2, 0.4, size=(2, 6, 4)).astype(np.float32)
+    sizes = np.array([[100.0, 200.0], [50.0, 80.0]], np.float32)
+    scores, labels, out = FocusPostProcess(num_select=5)(Tensor(logits), Tensor(boxes), Tensor(sizes))
+    scores, labels, out = scores.asnumpy(), labels.asnumpy(), out.asnumpy()
+    for b in range(2):
+        prob = 1 / (1 + np.exp(-logits[b]))
+        order = np.argsort(-prob.reshape(-1))[:5]
+        query, label = order // 4, order % 4
+        np.testing.assert_allclose(scores[b], prob.reshape(-1)[order], rtol=1e-6)
+        np.testing.assert_array_equal(labels[b], label)
+        cx, cy, w, h = boxes[b, query].T
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * sizes[b, [1, 0, 1, 0]]
+        np.testing.assert_allclose(out[b], xyxy, rtol=1e-5)
