@@ -226,6 +226,17 @@ def _caffe_input(path, short=128, max_size=160):
     return padded, (nh, nw)
 
 
+def _tame(net):
+    """Untrained FrozenBN is the identity, so a random 50-layer trunk blows activations up to ~1e4 and every
+    RPN box degenerates. Zero the last norm of each residual branch (as in zero-init-residual) and shrink the
+    stem so features stay O(1), the regime of a trained detector."""
+    for param in net.get_parameters():
+        if param.name.endswith("conv3.norm.weight"):
+            param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        elif param.name.endswith("stem.conv1.norm.weight"):
+            param.set_data(Tensor(np.full(param.shape, 0.01, np.float32)))
+
+
 def test_defrcn_inference_on_real_image(shared_data):
     from src.models.defrcn.model import DeFRCN
 
@@ -242,14 +253,7 @@ def test_defrcn_inference_on_real_image(shared_data):
     assert names["affine_rcnn.weight"] and names["proposal_generator.rpn_head.conv.weight"]
     assert not names["roi_heads.res5.0.conv1.weight"] and not names["backbone.res3.0.conv1.weight"]
     assert names["roi_heads.box_predictor.cls_score.weight"] and names["backbone.res4.0.conv1.weight"]
-    # Untrained FrozenBN is the identity, so a random 50-layer trunk blows activations up to ~1e4 and every
-    # RPN box degenerates. Zero the last norm of each residual branch (as in zero-init-residual) and shrink the
-    # stem so features stay O(1), the regime of a trained detector.
-    for param in net.get_parameters():
-        if param.name.endswith("conv3.norm.weight"):
-            param.set_data(Tensor(np.zeros(param.shape, np.float32)))
-        elif param.name == "backbone.stem.conv1.norm.weight":
-            param.set_data(Tensor(np.full(param.shape, 0.01, np.float32)))
+    _tame(net)
     net.set_train(False)
     boxes, scores, labels, valid = (o.asnumpy() for o in net(Tensor(images), Tensor(sizes)))
     assert boxes.shape == (2, 100, 4) and scores.shape == (2, 100) and labels.shape == (2, 100)
@@ -264,3 +268,69 @@ def test_defrcn_inference_on_real_image(shared_data):
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= sizes[i, 1]).all() and (b[:, 3] <= sizes[i, 0]).all()
     again = net(Tensor(images), Tensor(sizes))[1].asnumpy()
     np.testing.assert_array_equal(again, scores)  # eval mode: dropout off, deterministic
+
+
+def test_anchor_labels_thresholds_and_low_quality_matches():
+    from src.models.defrcn.losses import anchor_labels, match_boxes
+
+    gt = Tensor(np.array([[[0, 0, 10, 10], [100, 100, 110, 110], [0, 0, 0, 0]]], np.float32))
+    gt_valid = Tensor(np.array([[True, True, False]]))
+    boxes = Tensor(np.array([[[0, 0, 10, 11],      # IoU 10/11 with gt0: foreground
+                              [0, 0, 10, 20],      # IoU 0.5: ignored
+                              [50, 50, 60, 60],    # IoU 0: background
+                              [100, 100, 120, 125],  # IoU 0.2 with gt1, its best anchor: low-quality foreground
+                              [0, 0, 0, 0]]], np.float32))  # equals the padded gt row, which must not match
+    iou, vals, matches = match_boxes(gt, gt_valid, boxes)
+    labels = anchor_labels(iou, vals, gt_valid, (0.3, 0.7)).asnumpy()
+    assert labels.tolist() == [[1, -1, 0, 1, 0]]
+    assert matches.asnumpy()[0, [0, 3]].tolist() == [0, 1]
+
+
+def test_subsample_labels_counts():
+    from src.models.defrcn.losses import subsample_labels
+
+    rng = np.random.default_rng(4)
+    labels = rng.choice([1, 0, -1], size=(2, 1000), p=[0.3, 0.5, 0.2])
+    labels[1, :] = np.where(labels[1] == 1, 0, labels[1])
+    labels[1, :5] = 1  # few positives: negatives fill the rest
+    pos, neg = (Tensor(labels == v) for v in (1, 0))
+    noise = [Tensor(rng.uniform(size=(2, 1000)).astype(np.float32)) for _ in range(2)]
+    pos_sel, neg_sel = (x.asnumpy() for x in subsample_labels(pos, neg, 256, 0.5, *noise))
+    assert (labels[pos_sel] == 1).all() and (labels[neg_sel] == 0).all()
+    assert pos_sel[0].sum() == 128 and neg_sel[0].sum() == 128
+    assert pos_sel[1].sum() == 5 and neg_sel[1].sum() == 251
+
+
+def test_defrcn_training_losses_and_gradients(shared_data):
+    import mindspore as ms
+
+    from src.models.defrcn.losses import DeFRCNWithLoss
+    from src.models.defrcn.model import DeFRCN
+
+    paths = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[:1]
+    image, (h, w) = _caffe_input(paths[0])
+    net = DeFRCN(num_classes=3, depth=50, stem_out_channels=8, res2_out_channels=16, cls_dropout=True,
+                 rpn_pre_nms_topk_train=200, rpn_post_nms_topk_train=60)
+    _tame(net)
+    train_net = DeFRCNWithLoss(net, 3, rpn_batch_size_per_image=64, roi_batch_size_per_image=32)
+    train_net.set_train(True)
+    gt_boxes = np.zeros((1, 4, 4), np.float32)
+    gt_boxes[0, :2] = [[10, 20, 70, 90], [60, 10, 150, 100]]
+    gt_classes = np.array([[2, 0, 0, 0]], np.int32)
+    gt_valid = np.array([[True, True, False, False]])
+    args = [Tensor(image[None]), Tensor(np.array([[h, w]], np.float32)), Tensor(gt_boxes), Tensor(gt_classes),
+            Tensor(gt_valid)]
+    params = [p for p in train_net.trainable_params()]
+    grad_fn = ms.value_and_grad(train_net, None, params, has_aux=True)
+    (loss, terms), grads = grad_fn(*args)
+    terms = terms.asnumpy()
+    assert np.isfinite(terms).all() and (terms > 0).all()
+    np.testing.assert_allclose(float(loss.asnumpy()), terms.sum(), rtol=1e-5)
+    # Background-heavy sampling at init: the R-CNN cross entropy is near log(C + 1).
+    assert abs(terms[2] - np.log(4.0)) < 0.5
+    by_name = {p.name: g.asnumpy() for p, g in zip(params, grads)}
+    assert all(np.isfinite(g).all() for g in by_name.values())
+    assert np.abs(by_name["net.proposal_generator.rpn_head.objectness_logits.weight"]).sum() > 0
+    assert np.abs(by_name["net.roi_heads.box_predictor.bbox_pred.weight"]).sum() > 0
+    assert np.abs(by_name["net.affine_rcnn.weight"]).sum() > 0
+    assert "net.backbone.res3.0.conv1.weight" not in by_name  # frozen by FREEZE_AT=3
