@@ -288,13 +288,7 @@ class DeFRCNWithLoss(nn.Cell):
     def construct(self, image: Tensor, image_sizes: Tensor, gt_boxes: Tensor, gt_classes: Tensor,
                   gt_valid: Tensor):
         net = self.net
-        features = net.backbone(image)
-        if net.enable_decouple:
-            rpn_features = net.affine_rpn(features)
-            rcnn_features = net.affine_rcnn(features)
-        else:
-            rpn_features = features
-            rcnn_features = features
+        rpn_features, rcnn_features = net.decoupled_features(image)
         proposals, _, proposal_valid, logits, deltas = net.proposal_generator(rpn_features, image_sizes)
         anchors = net.proposal_generator.anchors(rpn_features.shape[2], rpn_features.shape[3])
         loss_rpn_cls, loss_rpn_loc = self.rpn_loss(anchors, logits, deltas, gt_boxes, gt_valid)

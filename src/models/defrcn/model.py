@@ -1,10 +1,11 @@
-"""DeFRCN detector (inference): C4 ResNet, decoupled RPN and R-CNN branches, Res5 box head.
+"""DeFRCN detector: C4 ResNet, decoupled RPN and R-CNN branches, Res5 box head.
 
 Follows er-muyue/DeFRCN ``defrcn/modeling/meta_arch/rcnn.py::GeneralizedRCNN``: res4 features are computed
 once; the RPN reads ``affine_rpn(GDL(res4, RPN.BACKWARD_SCALE))`` and the box head reads
-``affine_rcnn(GDL(res4, ROI_HEADS.BACKWARD_SCALE))`` (both only when ``ENABLE_DECOUPLE``; otherwise res4
-itself), the freezing switches ``BACKBONE.FREEZE`` / ``RPN.FREEZE`` / ``ROI_HEADS.FREEZE_FEAT`` (res5) are
-applied by ``requires_grad``. Attribute names follow detectron2 so that checkpoint keys are unchanged:
+``affine_rcnn(GDL(res4, ROI_HEADS.BACKWARD_SCALE))`` (each only when its branch's ``ENABLE_DECOUPLE`` is set,
+otherwise res4 itself; DeFRCN's configs set both); the freezing switches ``BACKBONE.FREEZE``, ``RPN.FREEZE``
+and ``ROI_HEADS.FREEZE_FEAT`` (res5) are applied by ``requires_grad``. Attribute names follow detectron2 so
+that checkpoint keys are unchanged:
 ``backbone.*``, ``proposal_generator.rpn_head.*``, ``roi_heads.res5.*``, ``roi_heads.box_predictor.*``,
 ``affine_rpn.*``, ``affine_rcnn.*`` (see :func:`src.models.defrcn.backbone.d2_to_mindspore_name`).
 
@@ -13,7 +14,7 @@ std 1, resized (detectron2: shortest side 800, longest <= 1333) and zero-padded 
 batch shape. Detections are in the coordinates of that resized input; scaling to the original image
 (detectron2 ``detector_postprocess``) is the caller's job.
 
-Training losses (RPN anchor matching and sampling, R-CNN proposal sampling) are not implemented here.
+The training losses wrap this Cell in :class:`src.models.defrcn.losses.DeFRCNWithLoss`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class DeFRCN(nn.Cell):
         num_classes: foreground classes C (60 COCO base, 80 gFSOD, 20 FSOD; 15/20/5 for VOC).
         depth, stem_out_channels, res2_out_channels, stride_in_1x1, freeze_at: see
             :class:`src.models.defrcn.backbone.ResNetC4` (R-101, 64, 256, True, 3 in DeFRCN).
-        enable_decouple: use the GDL + affine blocks (DeFRCN ``ENABLE_DECOUPLE``).
+        rpn_enable_decouple, rcnn_enable_decouple: use the GDL + affine block on that branch (DeFRCN
+            ``RPN.ENABLE_DECOUPLE`` / ``ROI_HEADS.ENABLE_DECOUPLE``, True in every DeFRCN config).
         rpn_backward_scale: lambda of the RPN branch (0.0 in every DeFRCN config).
         rcnn_backward_scale: lambda of the R-CNN branch (0.75 base, 0.01 COCO / 0.001 VOC fine-tuning).
         freeze_backbone, freeze_rpn, freeze_roi_feat: DeFRCN ``BACKBONE.FREEZE``, ``RPN.FREEZE``,
@@ -58,7 +60,8 @@ class DeFRCN(nn.Cell):
     """
 
     def __init__(self, num_classes: int, depth=101, stem_out_channels: int = 64, res2_out_channels: int = 256,
-                 stride_in_1x1: bool = True, freeze_at: int = 3, enable_decouple: bool = True,
+                 stride_in_1x1: bool = True, freeze_at: int = 3, rpn_enable_decouple: bool = True,
+                 rcnn_enable_decouple: bool = True,
                  rpn_backward_scale: float = 0.0, rcnn_backward_scale: float = 0.75, freeze_backbone: bool = False,
                  freeze_rpn: bool = False, freeze_roi_feat: bool = False, anchor_sizes=DEFAULT_SIZES,
                  anchor_ratios=DEFAULT_RATIOS, rpn_nms_thresh: float = 0.7, rpn_pre_nms_topk_train: int = 12000,
@@ -69,7 +72,8 @@ class DeFRCN(nn.Cell):
         super().__init__()
         self.backbone = ResNetC4(depth, stem_out_channels, res2_out_channels, stride_in_1x1, freeze_at)
         channels = self.backbone.out_channels
-        self.enable_decouple = enable_decouple
+        self.rpn_enable_decouple = rpn_enable_decouple
+        self.rcnn_enable_decouple = rcnn_enable_decouple
         self.affine_rpn = DecoupledAffine(channels, rpn_backward_scale)
         self.affine_rcnn = DecoupledAffine(channels, rcnn_backward_scale)
         self.proposal_generator = RPN(channels, anchor_sizes, anchor_ratios, self.backbone.stride, 0.0,
@@ -91,14 +95,16 @@ class DeFRCN(nn.Cell):
             for param in cell.get_parameters():
                 param.requires_grad = False
 
-    def construct(self, image: Tensor, image_sizes: Tensor):
+    def decoupled_features(self, image: Tensor):
+        """res4 of ``image`` as seen by the RPN and by the box head: (rpn_features, rcnn_features), each
+        float32 ``[B, C4, ceil(H/16), ceil(W/16)]``."""
         features = self.backbone(image)
-        if self.enable_decouple:
-            rpn_features = self.affine_rpn(features)
-            rcnn_features = self.affine_rcnn(features)
-        else:
-            rpn_features = features
-            rcnn_features = features
+        rpn_features = self.affine_rpn(features) if self.rpn_enable_decouple else features
+        rcnn_features = self.affine_rcnn(features) if self.rcnn_enable_decouple else features
+        return rpn_features, rcnn_features
+
+    def construct(self, image: Tensor, image_sizes: Tensor):
+        rpn_features, rcnn_features = self.decoupled_features(image)
         proposals, _, proposal_valid, _, _ = self.proposal_generator(rpn_features, image_sizes)
         class_logits, deltas = self.roi_heads(rcnn_features, proposals)
         return self.inference(class_logits, deltas, proposals, proposal_valid, image_sizes)
