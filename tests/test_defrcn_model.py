@@ -368,3 +368,18 @@ def test_gradient_decoupling_scales_backbone_gradients():
     assert any(np.abs(g).max() > 0 for g in grads[1])
     for scaled, full in zip(*grads):
         np.testing.assert_allclose(scaled, 0.75 * full, rtol=1e-4, atol=1e-6 * np.abs(full).max())
+
+
+def test_detector_postprocess_scales_clips_and_drops_empty():
+    from src.models.defrcn.model import DetectorPostprocess
+
+    boxes = np.array([[[10, 20, 30, 40], [150, 10, 170, 30], [50, 5, 50, 6], [5, 5, 6, 6]]], np.float32)
+    valid = np.array([[True, True, True, False]])
+    out, keep = DetectorPostprocess()(Tensor(boxes), Tensor(valid), Tensor(np.array([[100, 160]], np.float32)),
+                                      Tensor(np.array([[50, 320]], np.int32)))
+    # x doubles (160 -> 320), y halves (100 -> 50); the second box is clipped at the original width, the
+    # zero-width third box is dropped, the invalid fourth stays invalid.
+    np.testing.assert_allclose(out.asnumpy()[0, 0], [20, 10, 60, 20], rtol=1e-6)
+    np.testing.assert_allclose(out.asnumpy()[0, 1], [300, 5, 320, 15], rtol=1e-6)
+    assert keep.asnumpy().tolist() == [[True, True, False, False]]
+    assert (out.asnumpy()[0, 2:] == 0).all()

@@ -12,14 +12,15 @@ that checkpoint keys are unchanged:
 Input (prepared by the data side): float32 ``[B, 3, H, W]`` **BGR** 0-255 minus (103.53, 116.28, 123.675),
 std 1, resized (detectron2: shortest side 800, longest <= 1333) and zero-padded bottom/right to a static
 batch shape. Detections are in the coordinates of that resized input; scaling to the original image
-(detectron2 ``detector_postprocess``) is the caller's job.
+is :class:`DetectorPostprocess` (detectron2 ``detector_postprocess``).
 
 The training losses wrap this Cell in :class:`src.models.defrcn.losses.DeFRCNWithLoss`.
 """
 
 from __future__ import annotations
 
-from mindspore import Tensor, nn
+import mindspore as ms
+from mindspore import Tensor, nn, ops
 
 from src.models.defrcn.backbone import ResNetC4, build_res5
 from src.models.defrcn.gdl import DecoupledAffine
@@ -108,3 +109,35 @@ class DeFRCN(nn.Cell):
         proposals, _, proposal_valid, _, _ = self.proposal_generator(rpn_features, image_sizes)
         class_logits, deltas = self.roi_heads(rcnn_features, proposals)
         return self.inference(class_logits, deltas, proposals, proposal_valid, image_sizes)
+
+
+class DetectorPostprocess(nn.Cell):
+    """Detections from resized-input pixels to original-image pixels (detectron2 ``detector_postprocess``).
+
+    Scales x by ``orig_w / input_w`` and y by ``orig_h / input_h``, clips to the original image and drops boxes
+    that became empty (width or height <= 0), as detectron2 does before evaluation.
+
+    Inputs:
+        boxes (Tensor[float32]): ``[B, D, 4]`` xyxy in resized-input pixels.
+        valid (Tensor[bool]): ``[B, D]``.
+        image_sizes (Tensor): ``[B, 2]`` (height, width) of the resized unpadded input.
+        orig_sizes (Tensor): ``[B, 2]`` (height, width) of the original images.
+
+    Outputs:
+        boxes (Tensor[float32]): ``[B, D, 4]`` xyxy original pixels, zeros where invalid.
+        valid (Tensor[bool]): ``[B, D]``, the input validity and non-empty after scaling (no longer
+            necessarily a prefix).
+    """
+
+    def construct(self, boxes: Tensor, valid: Tensor, image_sizes: Tensor, orig_sizes: Tensor):
+        sizes = image_sizes.astype(ms.float32)
+        orig = orig_sizes.astype(ms.float32)
+        scale_y = (orig[:, 0] / sizes[:, 0]).reshape(-1, 1)
+        scale_x = (orig[:, 1] / sizes[:, 1]).reshape(-1, 1)
+        x0 = ops.minimum(ops.maximum(boxes[..., 0] * scale_x, 0.0), orig[:, 1:2])
+        y0 = ops.minimum(ops.maximum(boxes[..., 1] * scale_y, 0.0), orig[:, 0:1])
+        x1 = ops.minimum(ops.maximum(boxes[..., 2] * scale_x, 0.0), orig[:, 1:2])
+        y1 = ops.minimum(ops.maximum(boxes[..., 3] * scale_y, 0.0), orig[:, 0:1])
+        keep = ops.logical_and(valid, ops.logical_and(x1 > x0, y1 > y0))
+        out = ops.stack([x0, y0, x1, y1], axis=-1) * keep.astype(ms.float32).expand_dims(-1)
+        return out, keep
