@@ -21,6 +21,8 @@ EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
 class InferenceNet(nn.Cell):
     """Network and post-process as one graph: what eval, infer and export run.
 
+    ``postprocess(*network(image, mask), orig_size)`` is the contract every model of the zoo follows.
+
     Inputs:
         image: float32 [B, 3, H, W], normalized, zero-padded; mask: bool [B, H, W], True on padding;
         orig_size: int32 or float32 [B, 2], (height, width) of the original images in pixels.
@@ -36,8 +38,8 @@ class InferenceNet(nn.Cell):
         self.postprocess = postprocess
 
     def construct(self, image, mask, orig_size):
-        pred_logits, pred_boxes = self.network(image, mask)
-        return self.postprocess(pred_logits[-1], pred_boxes[-1], orig_size.astype(ms.float32))
+        outputs = self.network(image, mask)
+        return self.postprocess(*outputs, orig_size.astype(ms.float32))
 
 
 def evaluate_coco(net: InferenceNet, cfg: dict, coco_path: str, split: str, mindrecord_dir: str,

@@ -57,7 +57,11 @@ def clip_grads_by_global_norm(grads, max_norm: float, norm):
 
 
 class NetWithCriterion(nn.Cell):
-    """DETR model + SetCriterion as one Cell returning ``(loss, loss_terms)``.
+    """A detector and its criterion as one Cell returning ``(loss, loss_terms)``.
+
+    The contract every model of the zoo follows: ``network(image, mask)`` returns a tuple of outputs, and
+    ``criterion(*outputs, tgt_boxes, tgt_labels, tgt_valid)`` returns the loss (DETR: ``pred_logits``,
+    ``pred_boxes`` -> ``SetCriterion``).
 
     Inputs (SPEC tensor conventions):
         image float32 [B, 3, H, W]; mask bool [B, H, W] (True on padding); tgt_boxes float32 [B, N, 4]
@@ -73,8 +77,8 @@ class NetWithCriterion(nn.Cell):
         self.criterion = criterion
 
     def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
-        pred_logits, pred_boxes = self.network(image, mask)
-        return self.criterion(pred_logits, pred_boxes, tgt_boxes, tgt_labels, tgt_valid)
+        outputs = self.network(image, mask)
+        return self.criterion(*outputs, tgt_boxes, tgt_labels, tgt_valid)
 
 
 class TrainStep(nn.Cell):

@@ -15,9 +15,10 @@ class PostProcess(nn.Cell):
     """DETR post-processing (no parameters).
 
     Inputs:
-        pred_logits (Tensor[float32]): ``[B, Q, K+1]``; the last column is "no object".
-        pred_boxes (Tensor[float32]): ``[B, Q, 4]`` normalized ``(cx, cy, w, h)`` relative to the unpadded
-            resized image.
+        pred_logits (Tensor[float32]): ``[B, Q, K+1]``, or ``[L, B, Q, K+1]`` for every decoder layer (the
+            last one is used); the last column is "no object".
+        pred_boxes (Tensor[float32]): ``[B, Q, 4]`` (or ``[L, B, Q, 4]``) normalized ``(cx, cy, w, h)``
+            relative to the unpadded resized image.
         orig_sizes (Tensor[float32]): ``[B, 2]`` original image size as ``(h, w)`` in pixels.
 
     Outputs:
@@ -27,6 +28,8 @@ class PostProcess(nn.Cell):
     """
 
     def construct(self, pred_logits, pred_boxes, orig_sizes):
+        if pred_logits.ndim == 4:  # every decoder layer [L, B, Q, C]: the last one is the prediction
+            pred_logits, pred_boxes = pred_logits[-1], pred_boxes[-1]
         prob = ops.softmax(pred_logits, axis=-1)[..., :-1]
         scores, labels = ops.max(prob, axis=-1)
         height = orig_sizes[:, 0]
