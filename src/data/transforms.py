@@ -2,7 +2,8 @@
 
 Every transform takes and returns ``(image, boxes, labels)``:
 
-* ``image``: uint8 [H, W, 3] RGB (float32 [3, H, W] after ``Normalize``),
+* ``image``: uint8 [H, W, 3] RGB (float32 [3, H, W] after ``Normalize``: RGB ImageNet-normalized by default,
+  BGR 0-255 minus the Caffe mean in ``caffe_bgr`` mode),
 * ``boxes``: float32 [n, 4] absolute-pixel **xyxy** (normalized **cxcywh** after ``Normalize``),
 * ``labels``: int32 [n] raw COCO category ids,
 
@@ -192,29 +193,58 @@ class Compose:
         return image, boxes, labels
 
 
-class Normalize:
-    """uint8 HWC RGB -> float32 [3, H, W] ImageNet-normalized; xyxy pixels -> cxcywh normalized by (w, h).
+NORMALIZE_MODES = ("imagenet_rgb", "caffe_bgr")
+"""Pixel normalizations :class:`Normalize` supports.
 
-    Follows detr ``ToTensor`` + ``Normalize`` (which also converts the boxes).
+* ``imagenet_rgb`` (default, DETR / torchvision weights): RGB channels, ``(x / 255 - mean) / std`` with the
+  ImageNet ``IMAGENET_MEAN`` / ``IMAGENET_STD``.
+* ``caffe_bgr`` (detectron2 MSRA / Caffe2 weights, as DeFRCN's R-101 uses): BGR channels on the 0-255 scale,
+  minus ``CAFFE_BGR_MEAN`` (detectron2 ``MODEL.PIXEL_MEAN``), standard deviation 1 (``MODEL.PIXEL_STD``).
+"""
+
+CAFFE_BGR_MEAN = (103.53, 116.28, 123.675)
+"""Per-channel mean in B, G, R order on the 0-255 scale (detectron2's default ``PIXEL_MEAN``)."""
+
+
+class Normalize:
+    """uint8 HWC RGB -> float32 [3, H, W] normalized; xyxy pixels -> cxcywh normalized by (w, h).
+
+    Follows detr ``ToTensor`` + ``Normalize`` (which also converts the boxes) in the default
+    ``imagenet_rgb`` mode; ``caffe_bgr`` instead produces what detectron2 feeds an MSRA backbone (see
+    ``NORMALIZE_MODES``). ``mean`` / ``std`` apply to ``imagenet_rgb`` only.
+
+    Raises:
+        ValueError: an unknown ``normalize`` mode.
     """
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.mean = np.asarray(mean, np.float32).reshape(1, 1, 3)
-        self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize: str = "imagenet_rgb"):
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        self.mode = normalize
+        if normalize == "caffe_bgr":
+            self.mean = np.asarray(CAFFE_BGR_MEAN, np.float32).reshape(1, 1, 3)
+            self.std = None
+        else:
+            self.mean = np.asarray(mean, np.float32).reshape(1, 1, 3)
+            self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
 
     def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator] = None):
         h, w = image.shape[:2]
-        out = (image.astype(np.float32) / 255.0 - self.mean) / self.std
+        if self.mode == "caffe_bgr":
+            out = image[:, :, ::-1].astype(np.float32) - self.mean
+        else:
+            out = (image.astype(np.float32) / 255.0 - self.mean) / self.std
         out = np.ascontiguousarray(out.transpose(2, 0, 1))  # [3, H, W]
         cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], axis=1)
         cxcywh = cxcywh / np.array([w, h, w, h], dtype=np.float32)
         return out, cxcywh.astype(np.float32).reshape(-1, 4), labels
 
 
-def build_train_transform(data_cfg: dict) -> Compose:
+def build_train_transform(data_cfg: dict, normalize: str = "imagenet_rgb") -> Compose:
     """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
 
-    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size.
+    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size;
+    ``normalize`` is a ``NORMALIZE_MODES`` entry.
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
@@ -228,10 +258,14 @@ def build_train_transform(data_cfg: dict) -> Compose:
                 RandomResize(scales, max_size=max_size),
             ]),
         ),
-        Normalize(),
+        Normalize(normalize=normalize),
     ])
 
 
-def build_eval_transform(data_cfg: dict) -> Compose:
-    """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``."""
-    return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"]), Normalize()])
+def build_eval_transform(data_cfg: dict, normalize: str = "imagenet_rgb") -> Compose:
+    """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``.
+
+    ``normalize`` is a ``NORMALIZE_MODES`` entry.
+    """
+    return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"]),
+                    Normalize(normalize=normalize)])
