@@ -10,6 +10,11 @@ linear sum assignment. The reference moves the cost to the host and calls SciPy;
 ``mindspore.scipy.optimize.linear_sum_assignment`` so that matching stays in a static graph (CPU and Ascend
 kernels exist; there is no GPU kernel). ``_solve_assignment`` is the only place that calls the solver, so
 a different back end can be swapped in there.
+
+With ``class_cost="focal"`` the class term is the focal cost of detrex ``detrex/modeling/matcher.py``
+(HungarianMatcher with ``cost_class_type="focal_loss_cost"``, used by DINO and Focus-DETR): with ``p`` the sigmoid
+probability of the target class, ``alpha (1-p)^gamma (-log(p + 1e-8)) - (1-alpha) p^gamma (-log(1 - p + 1e-8))``
+is added with weight ``cost_class`` (the logits have no "no object" column then).
 """
 
 import mindspore as ms
@@ -62,15 +67,20 @@ class HungarianMatcher(nn.Cell):
     """One-to-one matching of queries to ground-truth boxes, per image, without gradient.
 
     Args:
-        cost_class: weight of the classification cost (negative softmax probability of the target class).
+        cost_class: weight of the classification cost (negative softmax probability of the target class, or the
+            focal cost).
         cost_bbox: weight of the L1 distance between normalized cxcywh boxes.
         cost_giou: weight of the negative generalized IoU.
+        class_cost: ``"softmax"`` (DETR) or ``"focal"`` (detrex DINO / Focus-DETR, sigmoid classes).
+        focal_alpha: alpha of the focal class cost (0.25).
+        focal_gamma: gamma of the focal class cost (2).
 
     Raises:
-        ValueError: if all three weights are zero.
+        ValueError: if all three weights are zero or ``class_cost`` is unknown.
 
     Inputs:
-        pred_logits: float [B, Q, C+1] class logits (last class is "no object").
+        pred_logits: float [B, Q, C+1] class logits (last class is "no object"); [B, Q, C] sigmoid logits with
+            ``class_cost="focal"``.
         pred_boxes: float [B, Q, 4] normalized cxcywh boxes.
         tgt_boxes: float [B, N, 4] normalized cxcywh target boxes, padded.
         tgt_labels: int [B, N] target class indices in [0, C], padded.
@@ -84,10 +94,16 @@ class HungarianMatcher(nn.Cell):
           (and for valid targets left unmatched when there are more targets than queries).
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 1.0, cost_giou: float = 1.0):
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 1.0, cost_giou: float = 1.0,
+                 class_cost: str = "softmax", focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all matching costs are zero")
+        if class_cost not in ("softmax", "focal"):
+            raise ValueError(f"HungarianMatcher: class_cost must be 'softmax' or 'focal', got {class_cost!r}")
+        self.focal = class_cost == "focal"
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
         self.cost_class = float(cost_class)
         self.cost_bbox = float(cost_bbox)
         self.cost_giou = float(cost_giou)
@@ -96,7 +112,7 @@ class HungarianMatcher(nn.Cell):
         """Matching cost for every image, query and target slot (padded slots included).
 
         Args:
-            pred_logits: float [B, Q, C+1].
+            pred_logits: float [B, Q, C+1] ([B, Q, C] for the focal cost).
             pred_boxes: float [B, Q, 4] cxcywh.
             tgt_boxes: float [B, N, 4] cxcywh.
             tgt_labels: int [B, N].
@@ -107,13 +123,18 @@ class HungarianMatcher(nn.Cell):
         pred_logits = pred_logits.astype(ms.float32)
         pred_boxes = pred_boxes.astype(ms.float32)
         tgt_boxes = tgt_boxes.astype(ms.float32)
-        prob = ops.softmax(pred_logits, axis=-1)
-        # prob @ one_hot(labels)^T picks prob[q, label_t] exactly and batches the gather.
+        # score @ one_hot(labels)^T picks score[q, label_t] exactly and batches the gather.
         onehot = ops.one_hot(tgt_labels.astype(ms.int32), pred_logits.shape[-1], 1.0, 0.0).astype(ms.float32)
-        class_prob = ops.bmm(prob, onehot.swapaxes(1, 2))
+        if self.focal:
+            prob = ops.sigmoid(pred_logits)
+            pos = self.focal_alpha * ops.pow(1.0 - prob, self.focal_gamma) * -ops.log(prob + 1e-8)
+            neg = (1.0 - self.focal_alpha) * ops.pow(prob, self.focal_gamma) * -ops.log(1.0 - prob + 1e-8)
+            class_cost = ops.bmm(pos - neg, onehot.swapaxes(1, 2))
+        else:
+            class_cost = -ops.bmm(ops.softmax(pred_logits, axis=-1), onehot.swapaxes(1, 2))
         l1 = ops.abs(pred_boxes.expand_dims(2) - tgt_boxes.expand_dims(1)).sum(axis=-1)
         giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes))
-        return self.cost_bbox * l1 - self.cost_class * class_prob - self.cost_giou * giou
+        return self.cost_bbox * l1 + self.cost_class * class_cost - self.cost_giou * giou
 
     def construct(self, pred_logits, pred_boxes, tgt_boxes, tgt_labels, tgt_valid):
         pred_logits = ops.stop_gradient(pred_logits)
