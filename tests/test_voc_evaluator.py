@@ -179,3 +179,66 @@ def test_voc_mini_base_and_novel_means_split1(voc_mini_records):
     assert stats["nAP50"] == 0.0
     assert stats["bAP50"] == pytest.approx(1.0)
     assert stats["AP50"] == pytest.approx((len(present) - 1) / len(present))
+
+
+def _devkit_transcription(dets, gts, threshold, use_07):
+    """The devkit algorithm restated on 1-based boxes: dets [(key, score, box1)], gts {key: (boxes1, diff)}."""
+    npos = sum(int((~d).sum()) for _, d in gts.values())
+    used = {k: [False] * len(d) for k, (_, d) in gts.items()}
+    flags = []
+    for key, _, b in sorted(dets, key=lambda d: -d[1]):
+        boxes, diff = gts[key]
+        best, best_j = -1.0, -1
+        for j, g in enumerate(boxes):
+            iw = max(min(g[2], b[2]) - max(g[0], b[0]) + 1, 0)
+            ih = max(min(g[3], b[3]) - max(g[1], b[1]) + 1, 0)
+            union = (b[2] - b[0] + 1) * (b[3] - b[1] + 1) + (g[2] - g[0] + 1) * (g[3] - g[1] + 1) - iw * ih
+            if iw * ih / union > best:
+                best, best_j = iw * ih / union, j
+        if best <= threshold:
+            flags.append((0, 1))
+        elif not diff[best_j]:
+            flags.append((0, 1) if used[key][best_j] else (1, 0))
+            used[key][best_j] = True
+    tp = np.cumsum([f[0] for f in flags])
+    fp = np.cumsum([f[1] for f in flags])
+    rec, prec = tp / npos, tp / np.maximum(tp + fp, 1e-300)
+    if use_07:
+        return sum(max([p for r, p in zip(rec, prec) if r >= t], default=0) for t in np.arange(0, 1.1, 0.1)) / 11
+    # area under the precision envelope, recall step by recall step
+    area, prev_r = 0.0, 0.0
+    for i, r in enumerate(rec):
+        if r > prev_r:
+            area += (r - prev_r) * max(prec[i:])
+            prev_r = r
+    return area
+
+
+def test_matches_a_devkit_transcription_on_jittered_voc_mini(voc_mini_records):
+    rng = np.random.default_rng(3)
+    chair = VOC_CLASSES.index("chair")
+    car = VOC_CLASSES.index("car")
+    dets, gts = {chair: [], car: []}, {chair: {}, car: {}}
+    evaluator = VocEvaluator(voc_mini_records, VOC_CLASSES, iou_thresholds=(0.5, 0.6, 0.75))
+    for rec in voc_mini_records:
+        for cls in (chair, car):
+            sel = rec.labels == cls
+            gts[cls][rec.file_id] = (rec.boxes[sel].astype(np.float64) + [1, 1, 0, 0], rec.difficult[sel])
+            if sel.any():
+                boxes = np.repeat(rec.boxes[sel].astype(np.float64), 3, axis=0)
+                size = np.repeat(rec.boxes[sel, 2:] - rec.boxes[sel, :2], 3, axis=0)
+                boxes += rng.normal(0, 0.15, boxes.shape) * np.tile(size, 2)
+                scores = rng.uniform(0, 1, len(boxes))
+                evaluator.update([rec.file_id], scores[None], np.full((1, len(boxes)), cls), boxes[None])
+                dets[cls] += [(rec.file_id, s, b + [1, 1, 0, 0]) for s, b in zip(scores, boxes)]
+    for use_07 in (True, False):
+        evaluator.use_07_metric = use_07
+        stats = evaluator.evaluate()
+        for cls in (chair, car):
+            expected = _devkit_transcription(dets[cls], gts[cls], 0.5, use_07)
+            assert 0 < expected < 1
+            assert stats["per_class_AP50"][VOC_CLASSES[cls]] == pytest.approx(expected, abs=1e-12)
+        # the other classes with positives have no detections (AP 0) and count in the mean
+        present = {label for rec in voc_mini_records for label, diff in zip(rec.labels, rec.difficult) if not diff}
+        expected_75 = sum(_devkit_transcription(dets[c], gts[c], 0.75, use_07) for c in (chair, car)) / len(present)
+        assert stats["AP75"] == pytest.approx(expected_75, abs=1e-12)

@@ -122,40 +122,62 @@ def voc_eval_class(detections: Sequence[Tuple[Hashable, float, Sequence[float]]]
         KeyError: a detection on an image that has no ground-truth entry at all (not one of the evaluated
             images), which the devkit would also reject.
     """
+    return voc_eval_class_thresholds(detections, ground_truth, (iou_threshold,), use_07_metric)[0]
+
+
+def voc_eval_class_thresholds(detections: Sequence[Tuple[Hashable, float, Sequence[float]]],
+                              ground_truth: Dict[Hashable, Tuple[np.ndarray, np.ndarray]],
+                              iou_thresholds: Sequence[float], use_07_metric: bool = True
+                              ) -> List[Tuple[np.ndarray, np.ndarray, float]]:
+    """:func:`voc_eval_class` at several IoU thresholds, one ``(recall, precision, AP)`` per threshold.
+
+    The ranking and each detection's best-overlapping box do not depend on the threshold, so the overlaps are
+    computed once and only the greedy assignment is repeated.
+
+    Raises:
+        KeyError: as :func:`voc_eval_class`.
+    """
     gt_boxes = {key: _to_devkit_frame(boxes) for key, (boxes, _) in ground_truth.items()}
     gt_difficult = {key: np.asarray(diff, bool).reshape(-1) for key, (_, diff) in ground_truth.items()}
-    taken = {key: np.zeros(len(d), bool) for key, d in gt_difficult.items()}
     num_pos = int(sum(int((~d).sum()) for d in gt_difficult.values()))
 
     scores = np.asarray([float(score) for _, score, _ in detections], np.float64)
     order = np.argsort(-scores, kind="stable")
-    tp = np.zeros(len(order))
-    fp = np.zeros(len(order))
+    ranked_keys, best_overlap, best_index = [], np.full(len(order), -np.inf), np.zeros(len(order), np.int64)
     for rank, index in enumerate(order):
         key, _, box = detections[index]
         if key not in gt_boxes:
             raise KeyError(f"detection on image {key!r}, which is not among the evaluated images")
-        boxes = gt_boxes[key]
-        if len(boxes) == 0:
-            fp[rank] = 1.0
-            continue
-        overlaps = devkit_iou(_to_devkit_frame(box)[0], boxes)
-        best = int(np.argmax(overlaps))
-        if overlaps[best] <= iou_threshold:
-            fp[rank] = 1.0
-        elif gt_difficult[key][best]:
-            continue
-        elif taken[key][best]:
-            fp[rank] = 1.0
+        ranked_keys.append(key)
+        if len(gt_boxes[key]):
+            overlaps = devkit_iou(_to_devkit_frame(box)[0], gt_boxes[key])
+            best_index[rank] = int(np.argmax(overlaps))
+            best_overlap[rank] = overlaps[best_index[rank]]
+
+    curves = []
+    for threshold in iou_thresholds:
+        taken = {key: np.zeros(len(d), bool) for key, d in gt_difficult.items()}
+        tp = np.zeros(len(order))
+        fp = np.zeros(len(order))
+        for rank, key in enumerate(ranked_keys):
+            best = best_index[rank]
+            if best_overlap[rank] <= threshold:
+                fp[rank] = 1.0
+            elif gt_difficult[key][best]:
+                continue
+            elif taken[key][best]:
+                fp[rank] = 1.0
+            else:
+                tp[rank] = 1.0
+                taken[key][best] = True
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        if num_pos == 0:
+            curves.append((np.full_like(tp, np.nan), precision, math.nan))
         else:
-            tp[rank] = 1.0
-            taken[key][best] = True
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    if num_pos == 0:
-        return np.full_like(tp, np.nan), precision, math.nan
-    recall = tp / num_pos
-    return recall, precision, voc_ap(recall, precision, use_07_metric)
+            recall = tp / num_pos
+            curves.append((recall, precision, voc_ap(recall, precision, use_07_metric)))
+    return curves
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -249,16 +271,15 @@ class VocEvaluator:
             (class name -> AP50, NaN for a class without non-difficult ground truth). Means skip NaN classes;
             a mean over no class at all is NaN.
         """
-        per_class = {}  # threshold -> class name -> AP
+        per_class: Dict[float, Dict[str, float]] = {t: {} for t in self.iou_thresholds}
         no_positives = []
-        for threshold in self.iou_thresholds:
-            per_class[threshold] = {}
-            for index, name in enumerate(self.class_names):
-                _, _, ap = voc_eval_class(self.detections.get(index, []), self._ground_truth(index), threshold,
-                                          self.use_07_metric)
+        for index, name in enumerate(self.class_names):
+            curves = voc_eval_class_thresholds(self.detections.get(index, []), self._ground_truth(index),
+                                               self.iou_thresholds, self.use_07_metric)
+            for threshold, (_, _, ap) in zip(self.iou_thresholds, curves):
                 per_class[threshold][name] = ap
-                if threshold == self.iou_thresholds[0] and math.isnan(ap):
-                    no_positives.append(name)
+            if math.isnan(curves[0][2]):
+                no_positives.append(name)
         if no_positives:
             logger.warning("VOC evaluation: no non-difficult ground truth for %s; their AP is NaN and left out "
                            "of the means.", ", ".join(no_positives))
