@@ -1,6 +1,6 @@
 """Model registry: ``build_model(cfg)`` is the one place a config becomes networks.
 
-Only DETR is registered so far; Focus-DETR and DeFRCN add their builders here.
+Registered: ``detr`` and ``focus_detr``; DeFRCN adds its builder here.
 """
 
 from __future__ import annotations
@@ -49,4 +49,16 @@ def build_model(cfg: dict, distributed: bool = False) -> Detector:
         criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"],
                                     distributed=distributed, **cfg["loss"])
         return Detector(network, criterion, PostProcess(), ("loss_ce", "loss_bbox", "loss_giou"))
-    raise ValueError(f"unknown model.name {name!r}; registered: ['detr']")
+    if name == "focus_detr":
+        from src.models.focus_detr.criterion import build_criterion as build_focus_criterion
+        from src.models.focus_detr.model import FocusDETR, FocusDETRWithImageMask
+        from src.models.focus_detr.postprocess import FocusDetectorPostProcess
+
+        model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_loss", "num_select")}
+        model_cfg["cascade"] = tuple(model_cfg["cascade"])
+        network = FocusDETRWithImageMask(FocusDETR(**model_cfg))
+        criterion = build_focus_criterion(num_classes=model_cfg["num_classes"], aux_loss=cfg["model"]["aux_loss"],
+                                          distributed=distributed, **cfg["loss"])
+        postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"])
+        return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"))
+    raise ValueError(f"unknown model.name {name!r}; registered: ['detr', 'focus_detr']")

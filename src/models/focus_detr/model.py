@@ -335,3 +335,26 @@ class FocusTransformer(nn.Cell):
                                   (batch, self.num_queries, self.embed_dim))
         hidden, inter_refs = self.decoder(target, memory, mask_flatten, init_ref, valid_ratios, spatial_shapes)
         return (hidden, init_ref, inter_refs, enc_target, ops.sigmoid(topk_coords_unact), fg_logits, mask_flatten)
+
+
+class FocusDETRWithImageMask(nn.Cell):
+    """:class:`FocusDETR` whose outputs end with its input padding mask, for the zoo's model contract.
+
+    The criterion needs the unpadded image sizes and the static level shapes of the input (foreground labels) and
+    only sees the network outputs, so the mask is passed through. Built with ``auto_prefix=False``: the parameter
+    names are exactly those of the wrapped :class:`FocusDETR`.
+
+    Inputs:
+        image (Tensor[float32]): ``[B, 3, H, W]``; mask (Tensor[bool]): ``[B, H, W]``, True on padding.
+
+    Outputs:
+        tuple: the six :class:`FocusDETR` outputs followed by ``mask``.
+    """
+
+    def __init__(self, network: FocusDETR):
+        super().__init__(auto_prefix=False)
+        self.network = network
+
+    def construct(self, image, mask):
+        logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten = self.network(image, mask)
+        return logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten, mask

@@ -6,6 +6,7 @@ logits, one top-``num_select`` (300) over the flattened ``Q * K`` scores per ima
 """
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from src.models.focus_detr.encoder import gather_tokens
@@ -45,3 +46,33 @@ class FocusPostProcess(nn.Cell):
         width = orig_sizes[:, 1]
         scale = ops.stack([width, height, width, height], axis=1)[:, None, :]
         return scores, labels, boxes * scale
+
+
+class FocusDetectorPostProcess(nn.Cell):
+    """The zoo contract's post-process: final decoder layer, top-k detections, raw COCO category ids.
+
+    Args:
+        num_select: detections kept per image (300).
+        category_ids: dataset category id of each contiguous class index (the 80 sorted COCO ids by default).
+
+    Inputs:
+        pred_logits (Tensor[float32]): ``[D, B, Q, K]``; pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` cxcywh;
+        then the other network outputs (ignored) and last ``orig_sizes`` (Tensor[float32]) ``[B, 2]`` as ``(h, w)``.
+
+    Outputs:
+        tuple: ``scores [B, S]`` float32, ``labels [B, S]`` int32 category ids, ``boxes [B, S, 4]`` float32 xyxy in
+        original pixels.
+    """
+
+    def __init__(self, num_select: int = 300, category_ids=None):
+        super().__init__()
+        if category_ids is None:
+            from src.data.coco_classes import COCO_CATEGORY_NAMES
+
+            category_ids = sorted(COCO_CATEGORY_NAMES)
+        self.topk = FocusPostProcess(num_select)
+        self.category_ids = ms.Tensor(np.asarray(category_ids, np.int32))
+
+    def construct(self, pred_logits, pred_boxes, *rest):
+        scores, labels, boxes = self.topk(pred_logits[-1], pred_boxes[-1], rest[-1])
+        return scores, ops.gather(self.category_ids, labels, 0), boxes
