@@ -18,38 +18,26 @@ no tensor is transposed. Conversion is strict: it raises ``ConversionError`` lis
 every model parameter left without a value and every shape mismatch, and then writes nothing.
 """
 
-import argparse
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 
 from src.backbones.resnet import RESNET_DEPTHS
+from src.convert_common import (
+    IGNORED_SUFFIXES,
+    ConversionError,
+    assemble_params,
+    cell_param_shapes,
+    load_torch_state_dict,
+    save_checkpoint_atomic,
+)
 from src.models.detr.detr import build_detr
 
-# BatchNorm bookkeeping buffers (absent from DETR's FrozenBN); dropping them changes nothing numerically.
-IGNORED_SUFFIXES = ("num_batches_tracked",)
-
-
-class ConversionError(ValueError):
-    """Raised when a checkpoint cannot be mapped one-to-one onto the model; the message lists each problem."""
-
-
-def _load_torch_file(path: Path) -> dict:
-    import torch
-
-    # The hub checkpoints may carry the training ``args`` Namespace; allow only that beyond plain tensors.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
-    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+__all__ = ["ConversionError", "IGNORED_SUFFIXES", "convert_detr_checkpoint", "hf_to_hub", "hub_to_mindspore_name",
+           "infer_backbone", "is_hf_layout", "load_source_state_dict", "map_to_model", "model_param_shapes",
+           "save_checkpoint_atomic"]
 
 
 def load_source_state_dict(source) -> dict:
@@ -79,7 +67,7 @@ def load_source_state_dict(source) -> dict:
         from safetensors.numpy import load_file
 
         return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
-    return _load_torch_file(path)
+    return load_torch_state_dict(path)
 
 
 _HF_BACKBONE = re.compile(r"^model\.backbone\.(?:conv_encoder\.)?model\.(.+)$")
@@ -228,44 +216,14 @@ def map_to_model(state: dict, param_shapes: dict) -> dict:
     if is_hf_layout(state):
         state, unmapped = hf_to_hub(state)
         problems += [f"unmapped source key: {k}" for k in unmapped]
-    converted, mismatched = {}, set()
-    for key, value in state.items():
-        name = hub_to_mindspore_name(key)
-        if name not in param_shapes:
-            problems.append(f"unmapped source key: {key} (-> {name}, not a model parameter)")
-        elif tuple(value.shape) != tuple(param_shapes[name]):
-            mismatched.add(name)
-            problems.append(f"shape mismatch: {key} source {tuple(value.shape)} vs model {name} "
-                            f"{tuple(param_shapes[name])}")
-        else:
-            converted[name] = np.ascontiguousarray(value, dtype=np.float32)
-    problems += [f"missing model parameter: {name} {tuple(shape)}" for name, shape in param_shapes.items()
-                 if name not in converted and name not in mismatched]
-    if problems:
-        raise ConversionError(f"refusing to write a checkpoint, {len(problems)} problem(s):\n  "
-                              + "\n  ".join(sorted(problems)))
-    return converted
+    renamed = [(key, hub_to_mindspore_name(key), value) for key, value in state.items()]
+    return assemble_params(renamed, param_shapes, problems)
 
 
 def model_param_shapes(model_cfg: dict) -> dict:
     """Build DETR from ``model_cfg`` (the config's ``model:`` keys, ``name`` allowed) and list its parameters."""
     kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-    model = build_detr(**kwargs)
-    return {p.name: tuple(p.shape) for p in model.get_parameters()}
-
-
-def save_checkpoint_atomic(params: dict, output) -> None:
-    """Write ``params`` (name -> array) with ``ms.save_checkpoint`` to a temporary file, then rename it."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ckpt", dir=output.parent)
-    os.close(fd)
-    try:
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return cell_param_shapes(build_detr(**kwargs))
 
 
 def convert_detr_checkpoint(source, output, model_cfg: dict, detect_backbone: bool = False) -> dict:

@@ -1,0 +1,101 @@
+"""Pieces shared by the PyTorch -> MindSpore weight converters (``src/models/*/convert.py``).
+
+Each converter renames the source keys its own way; the steps around the renaming are the same for every model
+and live here: reading a torch checkpoint into NumPy, checking the renamed tensors against the target model's
+parameters one-to-one (and refusing with a report that names every problem), and writing the MindSpore
+checkpoint so that a failed or interrupted write never leaves a file at the destination.
+"""
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import mindspore as ms
+import numpy as np
+
+# BatchNorm bookkeeping buffers; no converted model has a parameter for them and they change nothing numerically.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class ConversionError(ValueError):
+    """Raised when a checkpoint cannot be mapped one-to-one onto the model; the message lists each problem."""
+
+
+def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
+    """Read a torch ``.pth`` file: the state dict itself, or a dict holding it under ``"model"``.
+
+    Loading uses ``weights_only=True`` (no arbitrary pickled code), with ``argparse.Namespace`` allowed because
+    some published checkpoints store their training arguments next to the weights. Non-tensor entries are skipped.
+
+    Returns:
+        dict mapping key to float32 ``np.ndarray``.
+
+    Raises:
+        ConversionError: If the file does not hold a dict of tensors.
+    """
+    import torch
+
+    path = Path(path)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
+    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def assemble_params(renamed: Iterable[Tuple[str, str, np.ndarray]], param_shapes: Dict[str, tuple],
+                    problems: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
+    """Check renamed source tensors against the model's parameters and return them, or refuse.
+
+    Args:
+        renamed: ``(source_key, parameter_name, value)`` for every source tensor the converter kept.
+        param_shapes: MindSpore parameter name -> shape, for the target model.
+        problems: problems the converter already found (e.g. unmapped keys); reported together with these.
+
+    Returns:
+        MindSpore parameter name -> contiguous float32 ``np.ndarray``, covering exactly ``param_shapes``.
+
+    Raises:
+        ConversionError: Listing (sorted) every problem passed in, every source key whose name is not a model
+            parameter, every shape mismatch and every model parameter left without a value.
+    """
+    problems = list(problems or [])
+    converted, mismatched = {}, set()
+    for key, name, value in renamed:
+        if name not in param_shapes:
+            problems.append(f"unmapped source key: {key} (-> {name}, not a model parameter)")
+        elif tuple(value.shape) != tuple(param_shapes[name]):
+            mismatched.add(name)
+            problems.append(f"shape mismatch: {key} source {tuple(value.shape)} vs model {name} "
+                            f"{tuple(param_shapes[name])}")
+        else:
+            converted[name] = np.ascontiguousarray(value, dtype=np.float32)
+    problems += [f"missing model parameter: {name} {tuple(shape)}" for name, shape in param_shapes.items()
+                 if name not in converted and name not in mismatched]
+    if problems:
+        raise ConversionError(f"refusing to write a checkpoint, {len(problems)} problem(s):\n  "
+                              + "\n  ".join(sorted(problems)))
+    return converted
+
+
+def cell_param_shapes(cell) -> Dict[str, tuple]:
+    """MindSpore parameter name -> shape for every parameter of ``cell`` (shared Cells listed once)."""
+    return {p.name: tuple(p.shape) for p in cell.get_parameters()}
+
+
+def save_checkpoint_atomic(params: Dict[str, np.ndarray], output) -> None:
+    """Write ``params`` (name -> array) with ``ms.save_checkpoint`` to a temporary file, then rename it."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ckpt", dir=output.parent)
+    os.close(fd)
+    try:
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
