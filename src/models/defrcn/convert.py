@@ -19,10 +19,10 @@ Three source layouts (``kind``) are understood:
   the version stamp of that state dict stops the old "subtract eps" upgrade; in the forward pass
   ``rsqrt(var + eps)`` is then exactly 1 and each norm is ``x * s + b``. This converter writes the same two
   values (``eps`` read from each FrozenBN of the model). (Later detectron2 releases build a fresh dict instead,
-  so the variance loads as 1 and the scale becomes ``s / sqrt(1 + eps)``, 5e-6 smaller; DeFRCN is followed.) Only the backbone and res5 are written: the RPN, the
-  box predictor and the two affine (GDL) layers have no ImageNet counterpart and are reported as missing by
-  design. The ImageNet classifier (``fc1000_*``, ``pred_*``) and optimizer momenta (``*_momentum``, which
-  DeFRCN's loader drops too) are dropped by name.
+  so the variance loads as 1 and the scale becomes ``s / sqrt(1 + eps)``, 5e-6 smaller; DeFRCN is followed.)
+  Only the backbone and res5 are written: the RPN, the box predictor and the two affine (GDL) layers have no
+  ImageNet counterpart and are reported as missing by design. The ImageNet classifier (``fc1000_*``,
+  ``pred_*``) and optimizer momenta (``*_momentum``, which DeFRCN's loader drops too) are dropped by name.
 * ``"resnet_torchvision"``: torchvision's ``resnet101`` state dict (``resnet101-5d3b4d8f.pth``), the ImageNet
   classifier behind DeFRCN's Prototypical Calibration Block, into
   :class:`src.models.defrcn.pcb.PCBFeatureExtractor`: every key gets the ``net.`` prefix (the FrozenBN keeps
