@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 
-from src.layers.frozen_bn import FrozenBatchNorm2d
+from src.layers.frozen_bn import FrozenBatchNorm2d, conv_frozen_bn
 
 RESNET_DEPTHS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
@@ -50,11 +50,11 @@ class Bottleneck(nn.Cell):
 
     def construct(self, x):
         identity = x
-        out = ops.relu(self.bn1(self.conv1(x)))
-        out = ops.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = ops.relu(conv_frozen_bn(self.conv1, self.bn1, x))
+        out = ops.relu(conv_frozen_bn(self.conv2, self.bn2, out))
+        out = conv_frozen_bn(self.conv3, self.bn3, out)
         if self.has_downsample:
-            identity = self.downsample(x)
+            identity = conv_frozen_bn(self.downsample[0], self.downsample[1], x)
         return ops.relu(out + identity)
 
 
@@ -104,7 +104,7 @@ class ResNet(nn.Cell):
         return nn.SequentialCell(layers)
 
     def construct(self, x):
-        x = self.maxpool(ops.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(ops.relu(conv_frozen_bn(self.conv1, self.bn1, x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
