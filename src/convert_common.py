@@ -7,13 +7,13 @@ checkpoint so that a failed or interrupted write never leaves a file at the dest
 """
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
+
+from src.fileio import atomic_output
 
 # BatchNorm bookkeeping buffers; no converted model has a parameter for them and they change nothing numerically.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -33,13 +33,19 @@ def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
         dict mapping key to float32 ``np.ndarray``.
 
     Raises:
-        ConversionError: If the file does not hold a dict of tensors.
+        ConversionError: If the file is missing, cannot be read by ``torch.load`` or does not hold a dict of
+            tensors.
     """
     import torch
 
     path = Path(path)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise ConversionError(f"source not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, ...) for bad files
+        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint: {err}") from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
@@ -47,35 +53,44 @@ def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
 
 
-def assemble_params(renamed: Iterable[Tuple[str, str, np.ndarray]], param_shapes: Dict[str, tuple],
-                    problems: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
+def assemble_params(renamed: Iterable[Tuple[str, Optional[str], np.ndarray]], param_shapes: Dict[str, tuple],
+                    problems: Optional[List[str]] = None, exempt: Sequence[str] = ()) -> Dict[str, np.ndarray]:
     """Check renamed source tensors against the model's parameters and return them, or refuse.
 
     Args:
-        renamed: ``(source_key, parameter_name, value)`` for every source tensor the converter kept.
+        renamed: ``(source_key, parameter_name, value)`` for every source tensor the converter kept;
+            ``parameter_name`` is None when the converter has no name for the key.
         param_shapes: MindSpore parameter name -> shape, for the target model.
         problems: problems the converter already found (e.g. unmapped keys); reported together with these.
+        exempt: model parameters that may stay without a value (left out of the result by design).
 
     Returns:
-        MindSpore parameter name -> contiguous float32 ``np.ndarray``, covering exactly ``param_shapes``.
+        MindSpore parameter name -> contiguous float32 ``np.ndarray``, covering ``param_shapes`` except the
+        ``exempt`` names no source key was given for.
 
     Raises:
         ConversionError: Listing (sorted) every problem passed in, every source key whose name is not a model
-            parameter, every shape mismatch and every model parameter left without a value.
+            parameter, every parameter two source keys map to, every shape mismatch and every model parameter
+            (outside ``exempt``) left without a value.
     """
     problems = list(problems or [])
-    converted, mismatched = {}, set()
+    converted, sources = {}, {}
     for key, name, value in renamed:
-        if name not in param_shapes:
-            problems.append(f"unmapped source key: {key} (-> {name}, not a model parameter)")
+        if name is None or name not in param_shapes:
+            hint = f" (-> {name}, not a model parameter)" if name is not None else ""
+            problems.append(f"unmapped source key: {key}{hint}")
+        elif name in sources:
+            problems.append(f"duplicate source keys for {name}: {sources[name]} and {key}")
         elif tuple(value.shape) != tuple(param_shapes[name]):
-            mismatched.add(name)
+            sources[name] = key
             problems.append(f"shape mismatch: {key} source {tuple(value.shape)} vs model {name} "
                             f"{tuple(param_shapes[name])}")
         else:
+            sources[name] = key
             converted[name] = np.ascontiguousarray(value, dtype=np.float32)
+    exempt = set(exempt)
     problems += [f"missing model parameter: {name} {tuple(shape)}" for name, shape in param_shapes.items()
-                 if name not in converted and name not in mismatched]
+                 if name not in sources and name not in exempt]
     if problems:
         raise ConversionError(f"refusing to write a checkpoint, {len(problems)} problem(s):\n  "
                               + "\n  ".join(sorted(problems)))
@@ -88,14 +103,10 @@ def cell_param_shapes(cell) -> Dict[str, tuple]:
 
 
 def save_checkpoint_atomic(params: Dict[str, np.ndarray], output) -> None:
-    """Write ``params`` (name -> array) with ``ms.save_checkpoint`` to a temporary file, then rename it."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ckpt", dir=output.parent)
-    os.close(fd)
-    try:
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``params`` (name -> array) with ``ms.save_checkpoint`` to a temporary file renamed to ``output``.
+
+    Goes through :func:`src.fileio.atomic_output`, so a failed or interrupted write leaves neither a partial file
+    under ``output`` nor the temporary file.
+    """
+    with atomic_output(output, suffix=".ckpt") as tmp:
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], str(tmp))

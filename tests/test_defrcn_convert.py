@@ -7,6 +7,9 @@ seen. The full-size tests use R-101; the refusal tests use one block per stage t
 
 import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -19,6 +22,7 @@ from src.models.defrcn.model import DeFRCN
 from src.models.defrcn.pcb import PCBFeatureExtractor
 
 R101 = (3, 4, 23, 3)
+R50 = (3, 4, 6, 3)
 TINY = (1, 1, 1, 1)
 EPS = 1e-5  # detectron2 FrozenBatchNorm2d default
 
@@ -298,3 +302,30 @@ def test_unknown_kind_and_missing_source(tmp_path):
         convert_defrcn_checkpoint(tmp_path / "x.pth", tmp_path / "y.ckpt", "detr")
     with pytest.raises(ConversionError, match="source not found"):
         convert_defrcn_checkpoint(tmp_path / "absent.pkl", tmp_path / "y.ckpt", "resnet_c2")
+
+
+def test_cli_converts_torchvision_resnet50_and_refuses_with_exit_1(tmp_path):
+    state = _torchvision_source(_pcb_shapes(R50))
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(source, output):
+        return subprocess.run([sys.executable, str(root / "tools" / "convert_weights.py"), "--model",
+                               "resnet_torchvision", "--depth", "50", "--source", str(source), "--output",
+                               str(output)], cwd=root, capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "pcb_r50.ckpt"
+    done = cli(_save_pth(tmp_path / "resnet50.pth", state, wrap=False), out)
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout and "53 source keys dropped" in done.stdout
+    params = _load(out)
+    assert set(params) == {"net." + k for k in state if not k.endswith("num_batches_tracked")}
+    np.testing.assert_array_equal(params["net.layer3.5.bn2.weight"], state["layer3.5.bn2.weight"].numpy())
+
+    bad = dict(state, **{"layer5.0.conv1.weight": torch.zeros(4)})
+    del bad["fc.bias"]
+    out_bad = tmp_path / "bad.ckpt"
+    refused = cli(_save_pth(tmp_path / "bad.pth", bad, wrap=False), out_bad)
+    assert refused.returncode == 1
+    assert "unmapped source key: layer5.0.conv1.weight" in refused.stderr
+    assert "missing model parameter: net.fc.bias " in refused.stderr
+    assert not out_bad.exists() and _leftovers(tmp_path, out_bad) == []

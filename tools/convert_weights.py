@@ -7,6 +7,10 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
         --config configs/detr/detr_r50_dc5.yaml
     python tools/convert_weights.py --model focus_detr --source focus_detr_r50_4scale_12ep.pth \\
         --output focus_detr_r50.ckpt
+    python tools/convert_weights.py --model defrcn --source model_reset_remove.pth --output defrcn_base.ckpt
+    python tools/convert_weights.py --model resnet_c2 --source R-101.pkl --output defrcn_r101_imagenet.ckpt
+    python tools/convert_weights.py --model resnet_torchvision --source resnet101-5d3b4d8f.pth \\
+        --output pcb_resnet101.ckpt
 
 ``--model detr``: ``--source`` is a torch-hub checkpoint or a Hugging Face model directory / weights file. Without
 ``--config`` the model is ``configs/detr/detr_r50.yaml`` with the ResNet depth read from the weights.
@@ -16,11 +20,19 @@ default FocusDETR (detrex 4-scale 12ep settings) with the backbone read from the
 the network ``build_model`` makes from that config. Duplicated shared heads are checked and dropped; known-unused
 keys (the denoising label embedding) are listed on stdout.
 
+``--model defrcn`` / ``resnet_c2`` / ``resnet_torchvision`` (DeFRCN, see :mod:`src.models.defrcn.convert`):
+``--source`` is a detectron2 / DeFRCN ``.pth`` (the class count is read from its box predictor; a predictor removed
+by model surgery is reported as missing by design), the MSRA Caffe2 ``R-101.pkl`` (backbone and res5 of the DeFRCN
+model; the RPN, box predictor and affine layers are missing by design) or torchvision's ``resnet101`` ``.pth``
+(the PCB feature extractor). ``--depth`` picks ResNet-50 or -101 (default 101); ``--config``/``--set`` are
+refused (the source defines the model).
+
 The checkpoint is written only if every source key maps onto a model parameter with the same shape and every
 parameter gets a value; otherwise the offending keys are printed and the exit status is 1.
 
 Another model family is added with one entry in :data:`CONVERTERS`: a function ``(source, output, config_path,
-overrides) -> summary line`` that raises :class:`src.convert_common.ConversionError` when it refuses.
+overrides) -> summary line`` that raises :class:`src.convert_common.ConversionError` when it refuses (the DeFRCN
+converters also take ``depth``).
 """
 
 import argparse
@@ -59,8 +71,28 @@ def _convert_focus_detr(source, output, config_path, overrides) -> str:
     return "\n".join(lines)
 
 
+def _defrcn_converter(kind: str):
+    """Converter for one DeFRCN source layout (``kind`` of :func:`convert_defrcn_checkpoint`)."""
+
+    def convert(source, output, config_path, overrides, depth=101) -> str:
+        from src.models.defrcn.convert import convert_defrcn_checkpoint
+
+        if config_path is not None or overrides:
+            raise ConversionError(f"--config/--set are not used by --model {kind}; the model is given by the source")
+        info = convert_defrcn_checkpoint(source, output, kind, depth=depth)
+        classes = f", {info['num_classes']} classes" if info["num_classes"] is not None else ""
+        return (f"wrote {output}: {info['num_written']} of {info['num_model_params']} parameters from "
+                f"{info['num_source_keys']} source keys (ResNet-{depth}{classes}), "
+                f"{len(info['missing_by_design'])} missing by design, {len(info['dropped'])} source keys dropped, "
+                f"{len(info['filled'])} BatchNorm statistics filled")
+
+    return convert
+
+
 # model family -> converter; see the module docstring for the signature.
-CONVERTERS = {"detr": _convert_detr, "focus_detr": _convert_focus_detr}
+DEFRCN_KINDS = ("defrcn", "resnet_c2", "resnet_torchvision")
+CONVERTERS = {"detr": _convert_detr, "focus_detr": _convert_focus_detr,
+              **{kind: _defrcn_converter(kind) for kind in DEFRCN_KINDS}}
 
 
 def main(argv=None) -> int:
@@ -71,10 +103,17 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="YAML config of the target model (default: per model, see above)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set model.num_classes=21 (repeatable)")
+    parser.add_argument("--depth", type=int, choices=(50, 101),
+                        help=f"ResNet depth for --model {'/'.join(DEFRCN_KINDS)} (default 101)")
     args = parser.parse_args(argv)
+    kwargs = {}
+    if args.depth is not None:
+        if args.model not in DEFRCN_KINDS:
+            parser.error(f"--depth only applies to --model {'/'.join(DEFRCN_KINDS)}")
+        kwargs["depth"] = args.depth
 
     try:
-        summary = CONVERTERS[args.model](args.source, args.output, args.config, args.overrides)
+        summary = CONVERTERS[args.model](args.source, args.output, args.config, args.overrides, **kwargs)
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -33,20 +33,28 @@ Three source layouts (``kind``) are understood:
 Every layout is converted strictly: a source key that maps to no parameter, a parameter left without a value
 (beyond the by-design sets above) or a shape mismatch is collected, and :class:`ConversionError` names each
 of them; nothing is written then. Otherwise the checkpoint is saved under a temporary name and renamed into
-place (:func:`src.fileio.atomic_output`), so no partial file ever exists under ``output``. Layouts agree
-between torch and MindSpore here (conv ``[out, in, kh, kw]``, dense ``[out, in]``), so no tensor is transposed.
+place, so no partial file ever exists under ``output``. Reading the ``.pth`` sources, the strict check and the
+atomic write are the shared ones of :mod:`src.convert_common`, and so is :class:`ConversionError` (the error
+``tools/convert_weights.py`` reports). Layouts agree between torch and MindSpore here (conv ``[out, in, kh, kw]``,
+dense ``[out, in]``), so no tensor is transposed.
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
-import mindspore as ms
 import numpy as np
 
-from src.fileio import atomic_output
+from src.convert_common import (
+    IGNORED_SUFFIXES,
+    ConversionError,
+    assemble_params,
+    cell_param_shapes,
+    load_torch_state_dict,
+    save_checkpoint_atomic,
+)
 from src.layers.frozen_bn import FrozenBatchNorm2d
 from src.models.defrcn.backbone import RESNET_DEPTHS, c2_to_d2_name, d2_to_mindspore_name
 
@@ -57,50 +65,12 @@ BOX_PREDICTOR_KEYS = tuple(f"roi_heads.box_predictor.{layer}.{leaf}" for layer i
 C2_UNINITIALISED_PREFIXES = ("proposal_generator.", "roi_heads.box_predictor.", "affine_rpn.", "affine_rcnn.")
 
 
-class ConversionError(ValueError):
-    """A source cannot be mapped one-to-one onto the model; the message lists every problem."""
-
-
 def _depths(depth) -> Tuple[int, int, int, int]:
     if isinstance(depth, int):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unsupported ResNet depth {depth}; supported: {sorted(RESNET_DEPTHS)}")
         return RESNET_DEPTHS[depth]
     return tuple(int(d) for d in depth)
-
-
-def _as_array(value) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
-    """Read a ``.pth`` (a bare state dict, or a dict whose ``"model"`` entry is one) with ``weights_only``.
-
-    Returns:
-        source key -> ``np.ndarray`` (original dtype).
-
-    Raises:
-        ConversionError: missing file, unreadable file, or no state dict inside.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"source not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError) for bad files
-        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint: {err}") from err
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: expected a state dict or a dict with 'model', got {type(obj).__name__}")
-    bad = sorted(k for k, v in obj.items() if not hasattr(v, "detach") and not isinstance(v, np.ndarray))
-    if bad:
-        raise ConversionError(f"{path}: entries that are not tensors: {bad}")
-    return {str(k): _as_array(v) for k, v in obj.items()}
 
 
 def load_c2_blobs(path) -> Dict[str, np.ndarray]:
@@ -142,7 +112,7 @@ def defrcn_param_shapes(num_classes: int, depth=101) -> Tuple[Dict[str, tuple], 
     # Only names and shapes are needed; skipping the initialisers keeps R-101 cheap to enumerate.
     with no_init_parameters():
         model = DeFRCN(num_classes=num_classes, depth=_depths(depth))
-    shapes = {p.name: tuple(p.shape) for p in model.get_parameters()}
+    shapes = cell_param_shapes(model)
     eps = {name: float(cell.eps) for name, cell in model.cells_and_names() if isinstance(cell, FrozenBatchNorm2d)}
     return shapes, eps
 
@@ -155,35 +125,7 @@ def pcb_param_shapes(depth=101, num_logits: int = 1000) -> Dict[str, tuple]:
 
     with no_init_parameters():
         extractor = PCBFeatureExtractor(num_logits=num_logits, depths=_depths(depth))
-    return {p.name: tuple(p.shape) for p in extractor.get_parameters()}
-
-
-def _assemble(renamed, shapes: Dict[str, tuple], exempt: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-    """Place ``(source_key, target_name or None, array)`` triples onto ``shapes``, strictly.
-
-    ``exempt`` parameters may stay without a value. Raises ConversionError listing every unmapped key,
-    duplicate target, shape mismatch and missing parameter.
-    """
-    problems, params, sources = [], {}, {}
-    for key, name, value in renamed:
-        if name is None or name not in shapes:
-            hint = f" (-> {name}, not a model parameter)" if name else ""
-            problems.append(f"unmapped source key: {key}{hint}")
-        elif name in sources:
-            problems.append(f"duplicate source keys for {name}: {sources[name]} and {key}")
-        elif tuple(value.shape) != shapes[name]:
-            sources[name] = key
-            problems.append(f"shape mismatch: {key} source {tuple(value.shape)} vs model {name} {shapes[name]}")
-        else:
-            sources[name] = key
-            params[name] = np.ascontiguousarray(value, dtype=np.float32)
-    exempt = set(exempt)
-    problems += [f"missing model parameter: {name} {shape}" for name, shape in shapes.items()
-                 if name not in sources and name not in exempt]
-    if problems:
-        raise ConversionError(f"refusing to write a checkpoint, {len(problems)} problem(s):\n  "
-                              + "\n  ".join(sorted(problems)))
-    return params
+    return cell_param_shapes(extractor)
 
 
 def _d2_name(key: str):
@@ -211,7 +153,7 @@ def map_defrcn_state(state: Dict[str, np.ndarray], shapes: Dict[str, tuple]):
         ConversionError: unmapped, missing or misshaped keys.
     """
     exempt = list(BOX_PREDICTOR_KEYS) if not any(k in state for k in BOX_PREDICTOR_KEYS) else []
-    params = _assemble(((k, _d2_name(k), v) for k, v in state.items()), shapes, exempt)
+    params = assemble_params(((k, _d2_name(k), v) for k, v in state.items()), shapes, exempt=exempt)
     return params, exempt
 
 
@@ -235,7 +177,7 @@ def map_c2_blobs(blobs: Dict[str, np.ndarray], shapes: Dict[str, tuple], bn_eps:
             filled[mean] = np.zeros(shapes[mean], np.float32)
             filled[var] = np.full(shapes[var], 1.0 - eps, np.float32)
     by_design = sorted(n for n in shapes if n.startswith(C2_UNINITIALISED_PREFIXES))
-    params = _assemble(kept, {n: s for n, s in shapes.items() if n not in filled}, by_design)
+    params = assemble_params(kept, {n: s for n, s in shapes.items() if n not in filled}, exempt=by_design)
     params.update(filled)
     return params, {"dropped": dropped, "filled": sorted(filled), "missing_by_design": by_design}
 
@@ -249,16 +191,10 @@ def map_torchvision_state(state: Dict[str, np.ndarray], shapes: Dict[str, tuple]
     Raises:
         ConversionError: unmapped, missing or misshaped keys.
     """
-    dropped = sorted(k for k in state if k.endswith(".num_batches_tracked"))
+    dropped = sorted(k for k in state if k.endswith(IGNORED_SUFFIXES))
     skip = set(dropped)
     kept = ((k, "net." + k, v) for k, v in state.items() if k not in skip)
-    return _assemble(kept, shapes), dropped
-
-
-def save_params_atomic(params: Dict[str, np.ndarray], output) -> None:
-    """``ms.save_checkpoint`` of ``params`` (name -> array) to a temporary file renamed to ``output``."""
-    with atomic_output(output, suffix=".ckpt") as tmp:
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], str(tmp))
+    return assemble_params(kept, shapes), dropped
 
 
 def convert_defrcn_checkpoint(source, output, kind: str, num_classes: int | None = None, depth=101) -> dict:
@@ -303,6 +239,6 @@ def convert_defrcn_checkpoint(source, output, kind: str, num_classes: int | None
         state = load_torch_state_dict(source)
         shapes = pcb_param_shapes(depth)
         params, report["dropped"] = map_torchvision_state(state, shapes)
-    save_params_atomic(params, output)
+    save_checkpoint_atomic(params, output)
     report.update(kind=kind, num_source_keys=len(state), num_written=len(params), num_model_params=len(shapes))
     return report
