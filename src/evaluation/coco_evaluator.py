@@ -28,7 +28,12 @@ logger = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _load_gt(annotations: str | os.PathLike | COCO) -> COCO:
+def load_coco_gt(annotations: str | os.PathLike | COCO) -> COCO:
+    """``annotations`` as a ``COCO``: loaded from a COCO instances JSON path, or returned when already one.
+
+    Raises:
+        FileNotFoundError: the path is not a file.
+    """
     if isinstance(annotations, COCO):
         return annotations
     path = Path(annotations)
@@ -49,18 +54,30 @@ def _empty_results(coco_gt: COCO) -> COCO:
     return coco_dt
 
 
-def run_cocoeval(coco_gt: COCO, results: Sequence[dict], image_ids: Iterable[int] | None = None) -> dict:
+def run_cocoeval(coco_gt: COCO, results: Sequence[dict], image_ids: Iterable[int] | None = None,
+                 cat_ids: Iterable[int] | None = None) -> dict:
     """COCOeval bbox on ``results`` (COCO result dicts), printing the standard 12-line table.
 
     Args:
         coco_gt: ground truth.
         results: list of ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}``.
         image_ids: images to score; None scores every ground-truth image (the cocoapi default).
+        cat_ids: categories to average over (``COCOeval.params.catIds``); None takes every ground-truth
+            category (the cocoapi default). Detections of other categories are not paired with anything, so
+            they do not change the result; ids without ground truth in the scored images are left out of the
+            averages (pycocotools marks them -1).
 
     Returns:
         dict stat name (``STAT_NAMES``) -> float. All -1.0 when ``image_ids`` is empty; pycocotools' zeros
         (or -1 where a size range has no ground truth) when ``results`` is empty.
+
+    Raises:
+        ValueError: an empty ``cat_ids`` (pycocotools would silently score every category instead).
     """
+    if cat_ids is not None:
+        cat_ids = sorted(set(int(c) for c in cat_ids))
+        if not cat_ids:
+            raise ValueError("run_cocoeval: cat_ids is empty; pass None to score every category")
     image_ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
     if not image_ids:
         logger.warning("COCO evaluation on zero images: every stat is -1.")
@@ -73,6 +90,8 @@ def run_cocoeval(coco_gt: COCO, results: Sequence[dict], image_ids: Iterable[int
         coco_dt = _empty_results(coco_gt)
     coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
     coco_eval.params.imgIds = image_ids
+    if cat_ids is not None:
+        coco_eval.params.catIds = cat_ids
     coco_eval.evaluate()
     coco_eval.accumulate()
     coco_eval.summarize()
@@ -94,7 +113,7 @@ class CocoEvaluator:
     """
 
     def __init__(self, annotations: str | os.PathLike | COCO, num_classes: int = 91):
-        self.coco_gt = _load_gt(annotations)
+        self.coco_gt = load_coco_gt(annotations)
         self.num_classes = int(num_classes)
         self.image_ids: list[int] = []
         self.results: list[dict[str, Any]] = []
@@ -194,4 +213,4 @@ def evaluate_results_file(
     results = json.loads(results_path.read_text(encoding="utf-8"))
     if not isinstance(results, list):
         raise ValueError(f"'{results_path}' must hold a JSON list of detections, got {type(results).__name__}.")
-    return run_cocoeval(_load_gt(ann_file), results, image_ids)
+    return run_cocoeval(load_coco_gt(ann_file), results, image_ids)

@@ -4,9 +4,10 @@ COCO split metrics follow DeFRCN's (and TFA's) ``COCOEvaluator``: the same detec
 with pycocotools, once over every category and once each with ``COCOeval.params.catIds`` restricted to the
 base and to the novel category ids; the restricted runs' stats get a ``b`` / ``n`` prefix (``bAP``,
 ``nAP50`` ...). The detections are not filtered, so a detection of a base class on an image never influences
-the novel numbers and vice versa (COCOeval only pairs detections and ground truth of the same category). The
-accumulation, the result conversion and the empty-detection handling are those of
-``src.evaluation.coco_evaluator``; stats are fractions in [0, 1] (DeFRCN prints them x100).
+the novel numbers and vice versa (COCOeval only pairs detections and ground truth of the same category). Every
+run is :func:`src.evaluation.coco_evaluator.run_cocoeval` (its ``cat_ids`` restriction for the subsets), so the
+accumulation, the result conversion and the empty-detection handling are that module's; stats are fractions in
+[0, 1] (DeFRCN prints them x100).
 
 The run summary follows DeFRCN ``tools/extract_results.py``: for every shot count, the mean over the runs
 (seeds or repeats) and a 95 % confidence half-width ``1.96 * std / sqrt(n)`` with the population standard
@@ -25,10 +26,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS
-from src.evaluation.coco_evaluator import STAT_NAMES, CocoEvaluator, _empty_results, _load_gt, run_cocoeval
+from src.evaluation.coco_evaluator import STAT_NAMES, CocoEvaluator, load_coco_gt, run_cocoeval
 from src.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ SPLIT_STAT_NAMES = STAT_NAMES[:6]
 def run_cocoeval_on_categories(coco_gt: COCO, results: Sequence[dict], cat_ids: Iterable[int],
                                image_ids: Iterable[int] | None = None) -> Dict[str, float]:
     """COCOeval bbox restricted to ``cat_ids`` (``params.catIds``), printing the 12-line table.
+
+    :func:`src.evaluation.coco_evaluator.run_cocoeval` with ``cat_ids`` required.
 
     Args:
         coco_gt: ground truth.
@@ -54,22 +56,7 @@ def run_cocoeval_on_categories(coco_gt: COCO, results: Sequence[dict], cat_ids: 
     Raises:
         ValueError: an empty ``cat_ids``.
     """
-    cat_ids = sorted(set(int(c) for c in cat_ids))
-    if not cat_ids:
-        raise ValueError("run_cocoeval_on_categories needs at least one category id")
-    image_ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
-    if not image_ids:
-        logger.warning("COCO evaluation on zero images: every stat is -1.")
-        return {name: -1.0 for name in STAT_NAMES}
-    # loadRes adds fields to each dict: give it copies, as run_cocoeval does.
-    coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
-    coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-    coco_eval.params.imgIds = image_ids
-    coco_eval.params.catIds = cat_ids
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
-    return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+    return run_cocoeval(coco_gt, results, image_ids, cat_ids=list(cat_ids))
 
 
 def coco_few_shot_stats(annotations: str | os.PathLike | COCO, results: Sequence[dict],
@@ -88,7 +75,7 @@ def coco_few_shot_stats(annotations: str | os.PathLike | COCO, results: Sequence
     Returns:
         The 12 ``STAT_NAMES`` over all categories, plus ``b`` + and ``n`` + each of ``SPLIT_STAT_NAMES``.
     """
-    coco_gt = _load_gt(annotations)
+    coco_gt = load_coco_gt(annotations)
     image_ids = list(image_ids) if image_ids is not None else None
     stats = run_cocoeval(coco_gt, results, image_ids)
     for prefix, ids in (("b", base_ids), ("n", novel_ids)):
