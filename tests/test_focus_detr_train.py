@@ -7,6 +7,7 @@ The references here are written from detrex (``detrex/modeling/matcher.py`` foca
 """
 
 import json
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -25,7 +26,8 @@ from src.models.focus_detr.criterion import build_criterion
 from src.ops.matcher import HungarianMatcher
 from src.runtime import RuntimeInfo
 
-TINY = "configs/focus_detr/focus_detr_tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "focus_detr" / "focus_detr_tiny.yaml"
 NUM_CLASSES = 80
 IMAGE_HW = (64, 96)
 LEVELS = ((8, 12), (4, 6), (2, 3), (1, 2))  # ceil(64/s) x ceil(96/s) for strides 8, 16, 32, 64
@@ -232,7 +234,7 @@ def trained_tiny(tmp_path_factory, shared_data):
     tmp_path = tmp_path_factory.mktemp("focus_train")
     cfg = load_config(TINY, ["train.checkpoint_interval=1000", "train.epochs=1000"])
     opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
-                        max_steps=120, max_images=2)
+                        max_steps=80, max_images=2)
     result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
     return cfg, result, tmp_path
 
@@ -263,3 +265,22 @@ def test_inference_graph_returns_raw_coco_category_ids(trained_tiny, shared_data
     top = sorted(detections, key=lambda d: -d["score"])[:10]
     assert {d["category_id"] for d in top} & gt_ids
     assert ms.get_context("mode") == ms.GRAPH_MODE
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "focus_detr").glob("*.yaml")))
+def test_shipped_configs_load_with_the_published_position_settings(name):
+    cfg = load_config(ROOT / "configs" / "focus_detr" / name)
+    assert cfg["model"]["name"] == "focus_detr"
+    if "_12ep" in name:
+        assert (cfg["model"]["pos_temperature"], cfg["model"]["pos_offset"]) == (10000, -0.5)
+    elif "ep" in name:
+        assert (cfg["model"]["pos_temperature"], cfg["model"]["pos_offset"]) == (20, 0.0)
+    if "r101" in name:
+        assert cfg["model"]["backbone"] == "resnet101"
+
+
+def test_r101_36ep_config_builds_a_real_resnet101():
+    detector = build_model(load_config(ROOT / "configs" / "focus_detr" / "focus_detr_r101_4scale_36ep.yaml"))
+    names = {p.name for p in detector.network.get_parameters()}
+    assert "backbone.body.layer3.22.conv1.weight" in names
+    assert "backbone.body.layer3.23.conv1.weight" not in names
