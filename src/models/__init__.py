@@ -15,10 +15,11 @@ class Detector:
     """The Cells a config describes.
 
     Attributes:
-        network: ``(image, mask) -> (pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``.
-        criterion: ``(pred_logits, pred_boxes, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``.
-        postprocess: ``(pred_logits [B,Q,C+1], pred_boxes [B,Q,4], orig_sizes [B,2]) ->
-            (scores [B,Q], labels [B,Q], boxes xyxy [B,Q,4] in original pixels)``.
+        network: ``(image, mask) -> outputs`` (a tuple; DETR: ``(pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``,
+            Focus-DETR: see :class:`src.models.focus_detr.model.FocusDETRWithImageMask`).
+        criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``.
+        postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] raw COCO category ids,
+            boxes xyxy [B,S,4] in original pixels)``.
         loss_names: names of the entries of ``loss_terms``.
     """
 
