@@ -44,10 +44,11 @@ def test_builders_and_sample_transform_pass_the_mode_through():
                 "crop_scales": [5], "crop_min_size": 3, "crop_max_size": 5}
     image = _image()
     no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
-    out, _, _ = build_eval_transform(data_cfg, normalize="caffe_bgr")(image, no_boxes, no_labels, None)
+    caffe_cfg = dict(data_cfg, normalize="caffe_bgr")
+    out, _, _ = build_eval_transform(caffe_cfg)(image, no_boxes, no_labels, None)
     np.testing.assert_allclose(out[0], image[:, :, 2].astype(np.float32) - 103.53, atol=1e-4)
     rng = np.random.default_rng(1)
-    out, _, _ = build_train_transform(data_cfg, normalize="caffe_bgr")(image, no_boxes, no_labels, rng)
+    out, _, _ = build_train_transform(caffe_cfg)(image, no_boxes, no_labels, rng)
     assert out.min() >= -123.675 - 1e-3 and out.max() <= 255 - 103.53 + 1e-3
-    assert SampleTransform(False, data_cfg, normalize="caffe_bgr").transform.transforms[-1].mode == "caffe_bgr"
+    assert SampleTransform(False, caffe_cfg).transform.transforms[-1].mode == "caffe_bgr"
     assert SampleTransform(False, data_cfg).transform.transforms[-1].mode == "imagenet_rgb"

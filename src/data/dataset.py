@@ -3,7 +3,7 @@
 Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
 
 * ``image`` float32 [B, 3, H, W]: RGB, ImageNet-normalized (or BGR minus the Caffe mean with
-  ``normalize="caffe_bgr"``, see ``src.data.transforms.NORMALIZE_MODES``), zero-padded bottom/right.
+  ``data.normalize: caffe_bgr``, see ``src.data.transforms.NORMALIZE_MODES``), zero-padded bottom/right.
 * ``mask`` bool [B, H, W]: True on padding (DETR convention).
 * ``tgt_boxes`` float32 [B, N, 4]: normalized cxcywh relative to the unpadded resized image; padded rows 0.
 * ``tgt_labels`` int32 [B, N]: raw COCO category ids; padded rows 0.
@@ -57,18 +57,18 @@ class SampleTransform:
     and in whatever order they pick samples, and differ from one epoch to the next.
 
     Outputs: image float32 [3, h, w]; boxes float32 [n, 4] normalized cxcywh; labels int32 [n];
-    image_id int64 []; orig_size, img_size int32 [2] as (h, w). ``normalize`` picks the pixel normalization
-    (``src.data.transforms.NORMALIZE_MODES``).
+    image_id int64 []; orig_size, img_size int32 [2] as (h, w). ``data_cfg["normalize"]`` picks the pixel
+    normalization (``src.data.transforms.NORMALIZE_MODES``).
 
     Raises:
         ValueError: undecodable image, or decoded size different from the recorded (height, width);
             the message names the image id and file.
     """
 
-    def __init__(self, is_training: bool, data_cfg: dict, seed: int = 42, normalize: str = "imagenet_rgb"):
+    def __init__(self, is_training: bool, data_cfg: dict, seed: int = 42):
         self.is_training = is_training
         build = build_train_transform if is_training else build_eval_transform
-        self.transform = build(data_cfg, normalize=normalize)
+        self.transform = build(data_cfg)
         self.seed = int(seed)
         self._visits: Dict[int, int] = {}
         self._lock = threading.Lock()
@@ -168,8 +168,7 @@ class BatchPadder:
 
 def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool, batch_size: int,
                         data_cfg: dict, rank_id: int = 0, rank_size: int = 1, seed: int = 42,
-                        shuffle: Optional[bool] = None, max_images: Optional[int] = None,
-                        normalize: str = "imagenet_rgb"):
+                        shuffle: Optional[bool] = None, max_images: Optional[int] = None):
     """Build the batched COCO pipeline (columns ``BATCH_COLUMNS``, see the module docstring).
 
     Converts ``coco_path``/``split`` to MindRecord in ``mindrecord_dir`` on first use (``ensure_mindrecord``).
@@ -190,7 +189,6 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
         shuffle: defaults to ``is_training``.
         max_images: keep only the first ``max_images`` rows of the MindRecord set (split among ranks),
             for quick runs.
-        normalize: pixel normalization, ``imagenet_rgb`` (DETR) or ``caffe_bgr`` (detectron2 MSRA weights).
 
     Returns:
         A ``mindspore.dataset.Dataset``.
@@ -221,7 +219,7 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
                                  num_parallel_workers=workers,
                                  sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
     # Threads, not processes: SampleTransform's per-image visit counts must be shared by all workers.
-    dataset = dataset.map(operations=SampleTransform(is_training, data_cfg, seed, normalize),
+    dataset = dataset.map(operations=SampleTransform(is_training, data_cfg, seed),
                           input_columns=RECORD_COLUMNS, output_columns=SAMPLE_COLUMNS,
                           num_parallel_workers=workers, python_multiprocessing=False)
     buckets = data_cfg["train_pad_buckets"] if is_training else data_cfg["eval_pad_buckets"]

@@ -240,11 +240,16 @@ class Normalize:
         return out, cxcywh.astype(np.float32).reshape(-1, 4), labels
 
 
-def build_train_transform(data_cfg: dict, normalize: str = "imagenet_rgb") -> Compose:
+def _normalize_mode(data_cfg: dict) -> str:
+    # Configs always carry data.normalize (configs/defaults.yaml); hand-made test dicts may omit it.
+    return data_cfg.get("normalize", "imagenet_rgb")
+
+
+def build_train_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
 
-    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size;
-    ``normalize`` is a ``NORMALIZE_MODES`` entry.
+    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size and
+    normalize (a ``NORMALIZE_MODES`` entry).
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
@@ -258,14 +263,14 @@ def build_train_transform(data_cfg: dict, normalize: str = "imagenet_rgb") -> Co
                 RandomResize(scales, max_size=max_size),
             ]),
         ),
-        Normalize(normalize=normalize),
+        Normalize(normalize=_normalize_mode(data_cfg)),
     ])
 
 
-def build_eval_transform(data_cfg: dict, normalize: str = "imagenet_rgb") -> Compose:
+def build_eval_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``.
 
-    ``normalize`` is a ``NORMALIZE_MODES`` entry.
+    ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry.
     """
     return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"]),
-                    Normalize(normalize=normalize)])
+                    Normalize(normalize=_normalize_mode(data_cfg))])
