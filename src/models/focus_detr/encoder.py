@@ -16,6 +16,13 @@ Follows detrex ``projects/focus_detr/modeling/focus_detr_transformer.py`` (``FOC
 Static shapes throughout: ``k_j`` and the OESM size are Python ints; gathers use ``ops.gather_elements`` and the
 write-backs ``ops.tensor_scatter_elements`` (indices are unique per image, so the scatter is a plain overwrite).
 
+With ``token_selection=False`` the encoder is the DINO / Deformable-DETR one instead (detrex
+``DINOTransformerEncoder``: ``("self_attn", "norm", "ffn", "norm")``): every token of every level, padding
+included as in the reference, is a query of deformable self-attention whose value is the current memory; no
+foreground ranking, no OESM, no gather or scatter. The same parameters are used (``attentions.1``, ``norms``,
+``ffns``); the OESM ones (``attentions.0``, ``norm2``) sit unused, so a Focus-DETR checkpoint loads unchanged.
+This is the baseline the paper's encoder cost is compared with (benchmarks/bench_focus_detr.py).
+
 Deviations from the reference, all no-ops at batch size 1 without padding:
 - the reference's ``topk(mc_score, 300)`` fails when ``k_j < 300``; here the OESM size is ``min(300, k_j)``;
 - slots past an image's own token budget (possible in a padded batch) are ranked last by the OESM and masked as
@@ -170,6 +177,26 @@ class FocusEncoderLayer(nn.Cell):
         query = self.ffns[0](query)
         return self.norms[1](query)
 
+    def dense_self_attention(self, memory, memory_pos, memory_mask, reference_points,
+                             spatial_shapes: Tuple[Tuple[int, int], ...]):
+        """DINO encoder layer on all tokens: deformable self-attention (value = ``memory``), norm, FFN, norm.
+
+        Args:
+            memory (Tensor[float32]): ``[B, N, C]`` current memory, every token.
+            memory_pos (Tensor[float32]): ``[B, N, C]`` positional + level embeddings.
+            memory_mask (Tensor[bool]): ``[B, N]``, True on padding (masked as values).
+            reference_points (Tensor[float32]): ``[B, N, L, 2]`` normalized per-level reference points.
+            spatial_shapes: static ``(H_l, W_l)`` per level.
+
+        Returns:
+            Tensor[float32]: ``[B, N, C]`` updated memory.
+        """
+        memory = self.attentions[1](memory, memory, reference_points, spatial_shapes, key_padding_mask=memory_mask,
+                                    query_pos=memory_pos)
+        memory = self.norms[0](memory)
+        memory = self.ffns[0](memory)
+        return self.norms[1](memory)
+
 
 class FocusDETREncoder(nn.Cell):
     """Stack of :class:`FocusEncoderLayer` working on the cascade-selected tokens.
@@ -180,13 +207,17 @@ class FocusDETREncoder(nn.Cell):
         embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, oesm_topk: see
             :class:`FocusEncoderLayer`.
         num_layers: encoder layers (at most ``len(cascade)`` of the selector, 6).
+        token_selection: True = Focus-DETR (cascade-selected tokens, OESM); False = the DINO-equivalent encoder
+            (every token through deformable self-attention in every layer, see the module docstring); then
+            ``foreground``, ``indices`` and ``layer_valid`` are ignored.
     """
 
     def __init__(self, mcsp_head: nn.Cell, embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 2048,
                  num_layers: int = 6, num_levels: int = 4, num_points: int = 4, dropout: float = 0.0,
-                 oesm_topk: int = OESM_TOPK):
+                 oesm_topk: int = OESM_TOPK, token_selection: bool = True):
         super().__init__()
         self.num_layers = num_layers
+        self.token_selection = token_selection
         self.layers = nn.CellList([
             FocusEncoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, oesm_topk)
             for _ in range(num_layers)
@@ -209,8 +240,15 @@ class FocusDETREncoder(nn.Cell):
             spatial_shapes: static ``(H_l, W_l)`` per level.
 
         Returns:
-            Tensor[float32]: ``[B, N, C]`` memory; tokens never selected keep their neck features.
+            Tensor[float32]: ``[B, N, C]`` memory; with token selection, tokens never selected keep their neck
+            features.
         """
+        if not self.token_selection:
+            output = feat_flatten
+            for layer in self.layers:
+                output = layer.dense_self_attention(output, pos_flatten, mask_flatten, reference_points,
+                                                    spatial_shapes)
+            return output
         batch, num_tokens, num_levels, _ = reference_points.shape
         refs_flat = reference_points.reshape(batch, num_tokens, num_levels * 2)
         output = feat_flatten
