@@ -1,4 +1,4 @@
-"""Graph-mode DETR training step: one forward, gradients, all-reduce, loss-scale check, clipping, update.
+"""Graph-mode training step: one forward, gradients, all-reduce, loss-scale check, clipping, update.
 
 Follows facebookresearch/detr engine.py ``train_one_epoch``: loss = weighted criterion sum, backward,
 ``clip_grad_norm_(model.parameters(), max_norm)`` when ``max_norm > 0``, ``optimizer.step()``. Differences
@@ -82,34 +82,39 @@ class NetWithCriterion(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One optimizer step of DETR training, compiled as a single graph.
+    """One optimizer step of detector training (DETR family, DeFRCN), compiled as a single graph.
 
     Args:
-        network: Cell ``(image, mask) -> (pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``.
-        criterion: Cell ``(pred_logits, pred_boxes, tgt_boxes, tgt_labels, tgt_valid) -> (loss, terms)``.
+        network: Cell ``(image, mask) -> outputs`` (DETR: ``(pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``).
+        criterion: Cell ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, terms)``.
         optimizer: optimizer Cell taking a tuple of gradients ordered like ``optimizer.parameters``.
         clip_max_norm: global-norm clip threshold; 0 (or less) disables clipping.
         loss_scaler: None (fp32 training), ``mindspore.amp.StaticLossScaler`` or ``DynamicLossScaler``.
+        loss_network: optional Cell ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, terms)`` used
+            instead of ``NetWithCriterion(network, criterion)``, for models whose forward pass needs the targets
+            (DeFRCN samples proposals against the ground truth); ``network`` and ``criterion`` are then unused.
 
     Inputs:
         image, mask, tgt_boxes, tgt_labels, tgt_valid as :class:`NetWithCriterion`.
 
     Outputs:
-        loss float32 scalar (unscaled), loss_terms float32 [3], grad_norm float32 scalar (global norm of
-        the all-reduced, unscaled gradients BEFORE clipping, like torch's ``clip_grad_norm_`` return).
+        loss float32 scalar (unscaled), loss_terms float32 [T] (the model's logging terms, DETR: 3, DeFRCN: 4),
+        grad_norm float32 scalar (global norm of the all-reduced, unscaled gradients BEFORE clipping, like
+        torch's ``clip_grad_norm_`` return).
 
     Raises:
         TypeError: if ``loss_scaler`` is not None or a MindSpore static/dynamic loss scaler.
     """
 
-    def __init__(self, network, criterion, optimizer, clip_max_norm: float = 0.0, loss_scaler=None):
+    def __init__(self, network, criterion, optimizer, clip_max_norm: float = 0.0, loss_scaler=None,
+                 loss_network=None):
         super().__init__(auto_prefix=False)
         if loss_scaler is not None and not isinstance(loss_scaler, (StaticLossScaler, DynamicLossScaler)):
             raise TypeError(
                 f"loss_scaler must be None, mindspore.amp.StaticLossScaler or DynamicLossScaler, "
                 f"got {type(loss_scaler).__name__}."
             )
-        self.net_with_criterion = NetWithCriterion(network, criterion)
+        self.net_with_criterion = loss_network if loss_network is not None else NetWithCriterion(network, criterion)
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.clip_max_norm = float(clip_max_norm)
