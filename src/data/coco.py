@@ -181,7 +181,19 @@ def load_coco_split(coco_path, split: str, check_files: bool = True, verify_deco
         CocoFormatError: for every error case listed in the module docstring; the message names the file,
             image id, annotation id or key.
     """
-    ann_path = annotation_file(coco_path, split)
+    return load_coco_annotations(annotation_file(coco_path, split), image_dir(coco_path, split), check_files,
+                                 verify_decode)
+
+
+def load_coco_annotations(ann_path, images_folder, check_files: bool = True, verify_decode: bool = False):
+    """Read a COCO instances file whose images lie in ``images_folder`` (any layout, e.g. TFA's 2014 splits).
+
+    Same checks, skips and outputs as :func:`load_coco_split`, which calls it with the 2017 layout's paths.
+
+    Raises:
+        CocoFormatError: see the module docstring.
+    """
+    ann_path = Path(ann_path)
     data = load_coco_json(ann_path)
     categories = _parse_categories(data, ann_path)
     images = _parse_images(data["images"], ann_path)
@@ -192,12 +204,12 @@ def load_coco_split(coco_path, split: str, check_files: bool = True, verify_deco
         if parsed is not None:
             per_image[parsed[0]].append(parsed[1:])
 
-    folder = image_dir(coco_path, split)
+    folder = Path(images_folder)
     records = []
     for image_id in sorted(images):
         info = images[image_id]
         if check_files:
-            _check_image_file(folder, info, verify_decode)
+            check_image_file(folder, info["file_name"], info["height"], info["width"], verify_decode)
         anns = per_image[image_id]
         records.append(ImageRecord(
             image_id=image_id,
@@ -285,15 +297,19 @@ def _note(summary: CocoSummary, text: str, limit: int = 5) -> None:
         summary.skipped_examples.append(text)
 
 
-def _check_image_file(folder: Path, info: dict, verify_decode: bool) -> None:
-    path = folder / info["file_name"]
+def check_image_file(folder, file_name: str, height: int, width: int, verify_decode: bool = False) -> None:
+    """Check that ``folder/file_name`` exists, is a readable image and is ``height`` x ``width`` after EXIF.
+
+    Raises:
+        CocoFormatError: missing or unreadable file, or another size; the message names the file.
+    """
+    path = Path(folder) / file_name
     if not path.is_file():
         raise CocoFormatError(f"image file missing: {path} (listed in the annotation file). Restore it or "
                               f"remove the image from the annotation file.")
     size = _image_size_on_disk(path, verify_decode)
-    if size != (info["height"], info["width"]):
+    if size != (height, width):
         raise CocoFormatError(
             f"image {path}: size after EXIF orientation is {size[0]}x{size[1]} (h x w) but the annotation "
-            f"file says {info['height']}x{info['width']}. Boxes must refer to the image as displayed; fix "
+            f"file says {height}x{width}. Boxes must refer to the image as displayed; fix "
             f"the annotation or rotate the image pixels and drop the EXIF orientation tag.")
-

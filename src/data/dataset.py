@@ -1,4 +1,7 @@
-"""COCO detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
+"""Detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
+
+Entry points: :func:`create_coco_dataset` (a COCO split, DETR family) and :func:`create_dataset` (any data
+config: dispatches to the COCO split path or to the DeFRCN-family sources of ``src.data.sources``).
 
 Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
 
@@ -6,7 +9,8 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
   ``data.normalize: caffe_bgr``, see ``src.data.transforms.NORMALIZE_MODES``), zero-padded bottom/right.
 * ``mask`` bool [B, H, W]: True on padding (DETR convention).
 * ``tgt_boxes`` float32 [B, N, 4]: normalized cxcywh relative to the unpadded resized image; padded rows 0.
-* ``tgt_labels`` int32 [B, N]: raw COCO category ids; padded rows 0.
+* ``tgt_labels`` int32 [B, N]: dataset category ids (raw COCO ids; VOC ids 1..20 for VOC sources); padded
+  rows 0.
 * ``tgt_valid`` bool [B, N]: True for real boxes, which come first.
 * ``image_id`` int64 [B]; ``orig_size`` int32 [B, 2] (h, w) of the original image; ``img_size`` int32 [B, 2]
   (h, w) after resizing, before padding.
@@ -36,7 +40,8 @@ import numpy as np
 
 from src.data.coco import annotation_file as coco_annotation_file
 from src.data.coco import load_categories
-from src.data.mindrecord import ensure_mindrecord, read_stamp
+from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
+from src.data.sources import build_source, uses_sources
 from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
 
 logger = logging.getLogger(__name__)
@@ -197,17 +202,69 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
         src.data.coco.CocoFormatError: invalid COCO data at conversion time.
         ValueError: bad batch_size or rank arguments.
     """
+    _check_batch_args(batch_size, rank_id, rank_size)
+    files = ensure_mindrecord(coco_path, split, mindrecord_dir)
+    return _pipeline(files, read_stamp(mindrecord_dir, split)["num_images"], is_training, batch_size, data_cfg,
+                     rank_id, rank_size, seed, shuffle, max_images)
+
+
+def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size: int,
+                   is_training: Optional[bool] = None, rank_id: int = 0, rank_size: int = 1, seed: int = 42,
+                   shuffle: Optional[bool] = None, max_images: Optional[int] = None):
+    """Build the batched pipeline of ``which`` ("train" | "val") for any model family's data config.
+
+    DETR-style configs (no ``classes`` key) read the COCO split ``data_cfg[f"{which}_split"]`` through
+    :func:`create_coco_dataset` (same MindRecord names as before). DeFRCN-family configs dispatch on
+    ``data_cfg["dataset"]`` (coco | voc) through ``src.data.sources.build_source``: COCO 2017 or TFA 2014
+    splits with a class subset, TFA few-shot splits, Pascal VOC image sets; their MindRecord set is named after
+    the source (``ensure_source_mindrecord``). ``tgt_labels`` then hold dataset ids (COCO ids, or VOC ids
+    1..20); map them to contiguous labels with ``src.data.sources.detector_class_ids``.
+
+    Args:
+        root: dataset root (``--coco_path``): the COCO folder, or the VOCdevkit folder for VOC.
+        data_cfg: the ``data`` config section.
+        which: "train" or "val".
+        mindrecord_dir: folder for the MindRecord sets.
+        batch_size, rank_id, rank_size, seed, shuffle, max_images: as :func:`create_coco_dataset`.
+        is_training: defaults to ``which == "train"``.
+
+    Returns:
+        A ``mindspore.dataset.Dataset`` with columns ``BATCH_COLUMNS``.
+
+    Raises:
+        ValueError: bad ``which``, data keys, batch or rank arguments, or a source with no image.
+        src.data.coco.CocoFormatError, src.data.voc.VocFormatError, src.data.few_shot.FewShotSplitError:
+            invalid data at conversion time (the message names the file).
+    """
+    if which not in ("train", "val"):
+        raise ValueError(f"which must be 'train' or 'val', got {which!r}")
+    is_training = which == "train" if is_training is None else is_training
+    if not uses_sources(data_cfg):
+        return create_coco_dataset(root, data_cfg[f"{which}_split"], mindrecord_dir, is_training, batch_size,
+                                   data_cfg, rank_id, rank_size, seed, shuffle, max_images)
+    _check_batch_args(batch_size, rank_id, rank_size)
+    source = build_source(root, data_cfg, which)
+    files = ensure_source_mindrecord(source, mindrecord_dir)
+    return _pipeline(files, read_stamp(mindrecord_dir, source.name)["num_images"], is_training, batch_size,
+                     data_cfg, rank_id, rank_size, seed, shuffle, max_images)
+
+
+def _check_batch_args(batch_size: int, rank_id: int, rank_size: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= rank_id < rank_size:
         raise ValueError(f"rank_id {rank_id} must be in [0, rank_size={rank_size})")
-    files = ensure_mindrecord(coco_path, split, mindrecord_dir)
+
+
+def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_cfg: dict, rank_id: int,
+              rank_size: int, seed: int, shuffle: Optional[bool], max_images: Optional[int]):
+    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`)."""
     shuffle = is_training if shuffle is None else shuffle
     workers = int(data_cfg.get("num_workers", 1))
     ds.config.set_seed(int(seed))
     num_padded = 0
     if not is_training and not shuffle and rank_size > 1 and max_images is None:
-        num_padded = -read_stamp(mindrecord_dir, split)["num_images"] % rank_size
+        num_padded = -num_images % rank_size
     if num_padded:
         # Evaluation must see each image exactly once over all ranks; the default sharding would repeat
         # some images to even out the shards, so fill up with dummy samples instead.

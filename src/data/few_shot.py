@@ -6,7 +6,8 @@ File formats (ucbdrive/few-shot-object-detection ``datasets/README.md``):
   K instances of one class (class names as in COCO, e.g. ``"traffic light"``). TFA keeps seed 0 at the root,
   DeFRCN's download puts it in ``seed0/``; both are accepted.
 * VOC: ``vocsplit/[seed{S}/]box_{K}shot_{class}_train.txt``, one image path per line (e.g.
-  ``datasets/VOC2007/JPEGImages/000005.jpg``); seed 0 (the FSRW split) at the root.
+  ``datasets/VOC2007/JPEGImages/000005.jpg``); seed 0 (the FSRW split) at the root (TFA) or in ``seed0/``
+  (DeFRCN). An empty list means the class has no examples (a warning, not an error).
 
 Loading semantics:
 
@@ -25,6 +26,7 @@ base, both in ascending COCO id order.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
@@ -33,6 +35,8 @@ import numpy as np
 
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.voc import VOC_CLASSES, VocRecord, parse_voc_xml, year_of_file_id
+
+logger = logging.getLogger(__name__)
 
 VOC_NOVEL_CLASSES = {
     1: ("bird", "bus", "cow", "motorbike", "sofa"),
@@ -76,6 +80,7 @@ class CocoFewShotRecord:
         category_ids: int32 [n], raw COCO category ids.
         iscrowd: int32 [n].
         annotation_ids: int64 [n].
+        boxes_xywh: float32 [n, 4], the same boxes as written in the JSON (xywh absolute pixels).
     """
 
     image_id: int
@@ -87,6 +92,7 @@ class CocoFewShotRecord:
     category_ids: np.ndarray
     iscrowd: np.ndarray
     annotation_ids: np.ndarray
+    boxes_xywh: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------- COCO
@@ -119,11 +125,14 @@ def load_coco_few_shot_files(paths: Iterable[Path], class_names: Sequence[str]) 
         Records in order of first appearance (file order, then image order within a file).
 
     Raises:
-        FewShotSplitError: unreadable JSON, missing keys, or an annotation of an unlisted image.
+        FewShotSplitError: unreadable JSON, missing keys, an annotation of an unlisted image, or a class name
+            that no file lists among its categories (names the files).
     """
     images: Dict[int, dict] = {}
     anns: Dict[int, List[dict]] = {}
     seen_ann_ids = set()
+    known_names = set()
+    paths = list(paths)
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -132,18 +141,27 @@ def load_coco_few_shot_files(paths: Iterable[Path], class_names: Sequence[str]) 
             file_anns = data["annotations"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise FewShotSplitError(f"cannot read COCO few-shot split {path}: {err}") from err
+        known_names.update(id_to_name.values())
         for image_id, img in file_images.items():
             images.setdefault(image_id, img)
             anns.setdefault(image_id, [])
         for ann in file_anns:
-            image_id = int(ann["image_id"])
+            try:
+                image_id, ann_id, category_id = int(ann["image_id"]), int(ann["id"]), int(ann["category_id"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise FewShotSplitError(f"{path}: annotation {ann!r} needs integer 'id', 'image_id' and "
+                                        f"'category_id' ({err})") from err
             if image_id not in file_images:
-                raise FewShotSplitError(f"{path}: annotation {ann.get('id')} refers to unlisted image {image_id}")
-            name = id_to_name.get(int(ann["category_id"]))
-            if name not in class_names or int(ann["id"]) in seen_ann_ids:
+                raise FewShotSplitError(f"{path}: annotation {ann_id} refers to unlisted image {image_id}")
+            name = id_to_name.get(category_id)
+            if name not in class_names or ann_id in seen_ann_ids:
                 continue
-            seen_ann_ids.add(int(ann["id"]))
+            seen_ann_ids.add(ann_id)
             anns[image_id].append(dict(ann, _label=class_names.index(name)))
+    unknown = [c for c in class_names if c not in known_names]
+    if unknown:
+        raise FewShotSplitError(f"classes {unknown} are not among the categories of the COCO few-shot split "
+                                f"files {', '.join(map(str, paths))}")
     records = []
     for image_id, img in images.items():
         kept = anns[image_id]
@@ -156,7 +174,7 @@ def load_coco_few_shot_files(paths: Iterable[Path], class_names: Sequence[str]) 
             boxes=boxes, labels=np.asarray([a["_label"] for a in kept], np.int32),
             category_ids=np.asarray([a["category_id"] for a in kept], np.int32),
             iscrowd=np.asarray([a.get("iscrowd", 0) for a in kept], np.int32),
-            annotation_ids=np.asarray([a["id"] for a in kept], np.int64)))
+            annotation_ids=np.asarray([a["id"] for a in kept], np.int64), boxes_xywh=xywh))
     return records
 
 
@@ -168,24 +186,33 @@ def load_coco_few_shot(split_root: Path, class_names: Sequence[str], shot: int, 
 
 # ----------------------------------------------------------------------------------------------------- VOC
 def voc_split_file(split_root: Path, class_name: str, shot: int, seed: int) -> Path:
-    """Path of ``box_{shot}shot_{class_name}_train.txt``: at the root for seed 0, else in ``seed{S}/``."""
-    folder = Path(split_root) if seed == 0 else Path(split_root) / f"seed{seed}"
-    return folder / f"box_{shot}shot_{class_name}_train.txt"
+    """Path of ``box_{shot}shot_{class_name}_train.txt``: in ``seed{S}/`` for S > 0; seed 0 at the root (TFA)
+    or, when the root has no such file but ``seed0/`` has, in ``seed0/`` (DeFRCN's loader reads ``seed0/``)."""
+    name = f"box_{shot}shot_{class_name}_train.txt"
+    if seed != 0:
+        return Path(split_root) / f"seed{seed}" / name
+    at_root = Path(split_root) / name
+    in_seed0 = Path(split_root) / "seed0" / name
+    return in_seed0 if not at_root.is_file() and in_seed0.is_file() else at_root
 
 
 def read_voc_split_list(path: Path) -> List[str]:
     """File ids listed in a VOC split file (the stem of each line's image path), in file order.
 
+    An empty file gives an empty list: TFA's sampler finds no image for a class absent from the devkit, and
+    its loader reads such a file as no images.
+
     Raises:
-        FewShotSplitError: missing file or an empty list.
+        FewShotSplitError: missing or unreadable file.
     """
     path = Path(path)
     if not path.is_file():
         raise FewShotSplitError(f"VOC few-shot list not found: {path}")
-    ids = [Path(line.strip()).stem for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise FewShotSplitError(f"VOC few-shot list is empty: {path}")
-    return ids
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise FewShotSplitError(f"cannot read VOC few-shot list {path}: {err}") from err
+    return [Path(line.strip()).stem for line in text.splitlines() if line.strip()]
 
 
 def load_voc_few_shot(split_root: Path, devkit_root: Path, class_names: Sequence[str], shot: int,
@@ -203,13 +230,21 @@ def load_voc_few_shot(split_root: Path, devkit_root: Path, class_names: Sequence
         Per class (in ``class_names`` order), at most K records, each with exactly one box of that class.
 
     Raises:
-        FewShotSplitError: a missing split list. ``VocFormatError`` for a missing or malformed annotation.
+        FewShotSplitError: a missing split list or a class name that is not a VOC class (names the list).
+        VocFormatError: a missing or malformed annotation.
     """
     rng = np.random.default_rng(seed)
     records: List[VocRecord] = []
     for class_name in class_names:
+        path = voc_split_file(split_root, class_name, shot, seed)
+        if class_name not in VOC_CLASSES:
+            raise FewShotSplitError(f"unknown VOC class {class_name!r} (its split list would be {path}); "
+                                    f"known: {', '.join(VOC_CLASSES)}")
         per_class = []
-        for file_id in read_voc_split_list(voc_split_file(split_root, class_name, shot, seed)):
+        file_ids = read_voc_split_list(path)
+        if not file_ids:
+            logger.warning("VOC few-shot list %s is empty: no %s examples at %d shots", path, class_name, shot)
+        for file_id in file_ids:
             year_dir = Path(devkit_root) / f"VOC{year_of_file_id(file_id)}"
             full = parse_voc_xml(year_dir / "Annotations" / f"{file_id}.xml", class_names)
             for k in np.nonzero(full.labels == class_names.index(class_name))[0]:

@@ -96,10 +96,41 @@ def get_size_with_aspect_ratio(image_hw: Tuple[int, int], size: int, max_size: O
     return size, int(size * w / h)
 
 
-def resize(image: np.ndarray, boxes: np.ndarray, size: int, max_size: Optional[int] = None):
-    """Resize so the short side is ``size`` (long side <= ``max_size``); scale xyxy boxes to match."""
+def get_size_shortest_edge(image_hw: Tuple[int, int], size: int, max_size: Optional[int] = None):
+    """Output (h, w) as detectron2's ``ResizeShortestEdge`` computes it (v0.3, used by DeFRCN).
+
+    Scale the short side to ``size``; if the long side then exceeds ``max_size``, scale both sides down by
+    ``max_size / long``; round each side half up (``int(x + 0.5)``). Differs from
+    :func:`get_size_with_aspect_ratio` (DETR) by at most one pixel per side: DETR truncates the long side
+    and, when capped, rounds the short side target first (e.g. 480x640 at 800: DETR 800x1066, detectron2
+    800x1067).
+    """
+    h, w = image_hw
+    scale = size / min(h, w)
+    new_h, new_w = (size, scale * w) if h < w else (scale * h, size)
+    if max_size is not None and max(new_h, new_w) > max_size:
+        cap = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * cap, new_w * cap
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+RESIZE_ROUNDINGS = ("detr", "detectron2")
+"""Output-size rules of :func:`resize`: ``detr`` (:func:`get_size_with_aspect_ratio`) or ``detectron2``
+(:func:`get_size_shortest_edge`)."""
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, size: int, max_size: Optional[int] = None,
+           rounding: str = "detr"):
+    """Resize so the short side is ``size`` (long side <= ``max_size``); scale xyxy boxes to match.
+
+    ``rounding`` picks the output-size rule (``RESIZE_ROUNDINGS``); both resample with PIL bilinear, as
+    torchvision (DETR) and detectron2's ``ResizeTransform`` do for uint8 images.
+    """
     h, w = image.shape[:2]
-    oh, ow = get_size_with_aspect_ratio((h, w), size, max_size)
+    if rounding == "detectron2":
+        oh, ow = get_size_shortest_edge((h, w), size, max_size)
+    else:
+        oh, ow = get_size_with_aspect_ratio((h, w), size, max_size)
     if (oh, ow) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
     scale = np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
@@ -133,16 +164,24 @@ class RandomHorizontalFlip:
 
 
 class RandomResize:
-    """Resize the short side to a size drawn uniformly from ``sizes`` (detr ``RandomResize``)."""
+    """Resize the short side to a size drawn uniformly from ``sizes`` (detr ``RandomResize``; with
+    ``rounding="detectron2"`` detectron2's ``ResizeShortestEdge(sizes, max_size, "choice")``).
 
-    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None):
+    Raises:
+        ValueError: an unknown ``rounding``.
+    """
+
+    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None, rounding: str = "detr"):
+        if rounding not in RESIZE_ROUNDINGS:
+            raise ValueError(f"resize rounding must be one of {RESIZE_ROUNDINGS}, got {rounding!r}")
         self.sizes = [int(s) for s in sizes]
         self.max_size = max_size
+        self.rounding = rounding
 
     def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator]):
         # A single size needs no draw, so the eval transform runs without a generator.
         size = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
-        image, boxes = resize(image, boxes, size, self.max_size)
+        image, boxes = resize(image, boxes, size, self.max_size, self.rounding)
         return image, boxes, labels
 
 
@@ -245,22 +284,34 @@ def _normalize_mode(data_cfg: dict) -> str:
     return data_cfg.get("normalize", "imagenet_rgb")
 
 
+def _rounding(data_cfg: dict) -> str:
+    # DETR-family configs have no data.resize_rounding key and keep DETR's rule.
+    return data_cfg.get("resize_rounding", "detr")
+
+
 def build_train_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
 
-    Uses ``data_cfg`` keys train_scales, train_max_size, crop_scales, crop_min_size, crop_max_size and
-    normalize (a ``NORMALIZE_MODES`` entry).
+    With ``data_cfg["random_crop"]`` False (DeFRCN) there is no crop branch: detectron2's training
+    augmentation, ``ResizeShortestEdge(train_scales, train_max_size, "choice")`` then a horizontal flip with
+    probability 0.5 (detectron2 ``build_augmentation``). Uses the keys train_scales, train_max_size,
+    crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop (default True),
+    resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize (a ``NORMALIZE_MODES`` entry).
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
+    rounding = _rounding(data_cfg)
+    if not data_cfg.get("random_crop", True):
+        return Compose([RandomResize(scales, max_size=max_size, rounding=rounding), RandomHorizontalFlip(),
+                        Normalize(normalize=_normalize_mode(data_cfg))])
     return Compose([
         RandomHorizontalFlip(),
         RandomSelect(
-            RandomResize(scales, max_size=max_size),
+            RandomResize(scales, max_size=max_size, rounding=rounding),
             Compose([
-                RandomResize(data_cfg["crop_scales"]),
+                RandomResize(data_cfg["crop_scales"], rounding=rounding),
                 RandomSizeCrop(data_cfg["crop_min_size"], data_cfg["crop_max_size"]),
-                RandomResize(scales, max_size=max_size),
+                RandomResize(scales, max_size=max_size, rounding=rounding),
             ]),
         ),
         Normalize(normalize=_normalize_mode(data_cfg)),
@@ -270,7 +321,9 @@ def build_train_transform(data_cfg: dict) -> Compose:
 def build_eval_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``.
 
-    ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry.
+    ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry; ``data_cfg["resize_rounding"]`` (default detr)
+    a ``RESIZE_ROUNDINGS`` entry (detectron2's test-time ``ResizeShortestEdge`` for DeFRCN).
     """
-    return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"]),
+    return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"],
+                                 rounding=_rounding(data_cfg)),
                     Normalize(normalize=_normalize_mode(data_cfg))])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -59,6 +59,47 @@ class VocRecord:
 def year_of_file_id(file_id: str) -> int:
     """The VOC year an id belongs to, by the TFA rule: VOC2012 ids contain an underscore (``2008_000123``)."""
     return 2012 if "_" in file_id else 2007
+
+
+def voc_image_id(file_id: str) -> int:
+    """Integer image id of a VOC file id, unique over VOC2007 and VOC2012 and reversible (:func:`voc_file_id`).
+
+    VOC2007 ids (``"000005"``) map to their number (< 10**6); VOC2012 ids (``"2008_000123"``) map to
+    ``year * 10**6 + number`` (2008000123), so VOC2012's ``2007_000027`` and VOC2007's ``000027`` stay apart.
+
+    Raises:
+        VocFormatError: an id of neither form.
+    """
+    parts = file_id.split("_")
+    if len(parts) == 1 and len(file_id) == 6 and file_id.isdigit():
+        return int(file_id)
+    if len(parts) == 2 and len(parts[0]) == 4 and len(parts[1]) == 6 and file_id.replace("_", "").isdigit():
+        return int(parts[0]) * 1_000_000 + int(parts[1])
+    raise VocFormatError(f"VOC file id {file_id!r} is neither NNNNNN (VOC2007) nor YYYY_NNNNNN (VOC2012)")
+
+
+def voc_file_id(image_id: int) -> str:
+    """The VOC file id of an integer id made by :func:`voc_image_id`."""
+    image_id = int(image_id)
+    if image_id < 1_000_000:
+        return f"{image_id:06d}"
+    return f"{image_id // 1_000_000}_{image_id % 1_000_000:06d}"
+
+
+def parse_split_spec(spec: str) -> List[Tuple[int, str]]:
+    """``"2007_trainval+2012_trainval"`` -> ``[(2007, "trainval"), (2012, "trainval")]``, in the given order.
+
+    Raises:
+        VocFormatError: a part that is not ``{2007|2012}_{image set}``.
+    """
+    parts = []
+    for part in str(spec).split("+"):
+        year, _, image_set = part.strip().partition("_")
+        if year not in ("2007", "2012") or not image_set:
+            raise VocFormatError(f"VOC split {spec!r}: part {part!r} must look like 2007_trainval or 2012_train "
+                                 f"(year 2007 or 2012, then the ImageSets/Main list name), joined by '+'")
+        parts.append((int(year), image_set))
+    return parts
 
 
 def read_image_set(year_dir: Path, split: str) -> List[str]:
