@@ -1,6 +1,7 @@
 """DeFRCN data sources (src/data/sources.py) into MindRecord and the batch pipeline, on real coco_tiny / voc_mini."""
 
 import collections
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -262,3 +263,24 @@ def test_missing_sources_name_the_file(tmp_path, shared_data):
     with pytest.raises(ValueError, match="which"):
         build_source(tmp_path, COCO_CFG, "test")
     assert Path(coco_split_paths(tmp_path, "val2017")[1]).name == "val2017"
+
+
+def test_coco_to_mindrecord_tool_converts_a_config_source(tmp_path, shared_data, capsys):
+    path = Path(__file__).resolve().parents[1] / "tools" / "coco_to_mindrecord.py"
+    spec = importlib.util.spec_from_file_location("coco_to_mindrecord_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = tmp_path / "voc.yaml"
+    config.write_text("model: {name: defrcn}\ndata: {dataset: voc, classes: novel, voc_split: 2, "
+                      "train_split: 2007_trainval+2012_trainval, val_split: 2007_test}\n")
+    devkit = shared_data / "voc_mini" / "VOCdevkit"
+    args = ["--coco_path", str(devkit), "--config", str(config), "--output_dir", str(tmp_path / "mr")]
+    assert tool.main(args) == 0
+    stamp = read_stamp(tmp_path / "mr", "voc_2007_trainval-2012_trainval_novel2_nonempty")
+    # Split 2 novel: aeroplane, bottle, cow, horse, sofa; voc_mini has aeroplanes in 2 images and a sofa in 1.
+    assert stamp["num_images"] == 3 and stamp["categories"] == {"1": "aeroplane", "5": "bottle", "10": "cow",
+                                                                "13": "horse", "18": "sofa"}
+    assert tool.main(args + ["--which", "val", "--set", "data.val_split=2012_test"]) == 0
+    assert read_stamp(tmp_path / "mr", "voc_2012_test_novel2")["num_images"] == 5
+    assert tool.main(args + ["--set", "data.train_split=2007_nosuchlist"]) == 1
+    assert str(devkit / "VOC2007" / "ImageSets" / "Main" / "nosuchlist.txt") in capsys.readouterr().err
