@@ -167,6 +167,7 @@ def uses_sources(data_cfg: dict) -> bool:
 
 
 def _safe_name(text: str) -> str:
+    # File-name safe: '+' of VOC split unions, spaces and separators become '-'.
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
@@ -307,6 +308,7 @@ class CocoSource(Source):
                  filter_empty: bool):
         super().__init__(name, images_folder, class_ids, filter_empty)
         self.annotation_path = Path(annotation_path)
+        self._names: Dict[int, str] = {}  # the file's names of class_ids, known after _read
 
     def _index_files(self):
         if not self.annotation_path.is_file():
@@ -492,7 +494,7 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     if dataset == "coco":
         ann, images = coco_split_paths(root, split)
         return CocoSource(f"coco_{split}_{classes}{suffix}", ann, images, class_ids, filter_empty)
-    name = f"voc_{split.replace('+', '-')}_{classes}{_voc_split(data_cfg)}{suffix}"
+    name = f"voc_{split}_{classes}{_voc_split(data_cfg)}{suffix}"
     return VocSource(name, Path(root), split, class_names, filter_empty)
 
 
