@@ -1,15 +1,48 @@
 #!/usr/bin/env bash
-# Shared body of the run_{standalone,distribute}_train_*.sh launchers.
-# Usage: DEVICE_TARGET=CPU|GPU|Ascend bash scripts/train.sh standalone|distribute EXP CONFIG [train.py options]
+# Shared body of the run_{standalone,distribute}_{train,finetune}_*.sh launchers.
+# Usage: DEVICE_TARGET=CPU|GPU|Ascend [TASK=train|finetune] bash scripts/train.sh standalone|distribute EXP [CONFIG]
+#        [train.py options]
+#   TASK=train (default): CONFIG may be omitted (no second argument, or it starts with --); it then defaults to
+#     DeFRCN's COCO base training, configs/defrcn/defrcn_det_r101_base_coco.yaml.
+#   TASK=finetune: CONFIG is required, and so is --pretrained (the model_surgery output) or --resume; keys the
+#     checkpoint lacks (the FSOD box predictor after `remove`) keep their initialization (--pretrained_partial).
 # Environment: DEVICE_NUM (distribute; default 2 on CPU, 8 elsewhere), MASTER_PORT (default 8118),
 #              OUTPUT_ROOT (default outputs), PYTHON (default python).
 set -euo pipefail
-if [ $# -lt 3 ]; then
-  echo "usage: $0 standalone|distribute EXP CONFIG [train.py options]" >&2
+DEFAULT_CONFIG=configs/defrcn/defrcn_det_r101_base_coco.yaml
+TASK=${TASK:-train}
+usage="usage: $0 standalone|distribute EXP [CONFIG] [train.py options]"
+if [ "$TASK" = finetune ]; then usage="usage: $0 standalone|distribute EXP CONFIG --pretrained CKPT [train.py options]"; fi
+if [ $# -lt 2 ]; then
+  echo "$usage" >&2
   exit 2
 fi
-MODE=$1; EXP=$2; CONFIG=$3; shift 3
+MODE=$1; EXP=$2; shift 2
+if [ $# -eq 0 ] || [[ "$1" == --* ]]; then
+  if [ "$TASK" = finetune ]; then
+    echo "$usage (fine-tuning needs a config, e.g. configs/defrcn/defrcn_fsod_r101_novel_coco_10shot.yaml)" >&2
+    exit 2
+  fi
+  CONFIG=$DEFAULT_CONFIG
+else
+  CONFIG=$1; shift
+fi
 : "${DEVICE_TARGET:?set DEVICE_TARGET to CPU, GPU or Ascend}"
+EXTRA=()
+case "$TASK" in
+  train) ;;
+  finetune)
+    if [[ " $* " != *" --pretrained "* && " $* " != *" --pretrained="* && " $* " != *" --resume"* ]]; then
+      echo "$usage (fine-tuning starts from a surgery checkpoint: tools/model_surgery.py)" >&2
+      exit 2
+    fi
+    EXTRA=(--pretrained_partial)
+    ;;
+  *)
+    echo "unknown TASK '$TASK' (train or finetune)" >&2
+    exit 2
+    ;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${OUTPUT_ROOT:-$ROOT/outputs}/$EXP"
 PY=${PYTHON:-python}
@@ -17,14 +50,15 @@ mkdir -p "$OUT"
 cd "$ROOT"
 case "$MODE" in
   standalone)
-    "$PY" train.py --config "$CONFIG" --output_dir "$OUT" --device_target "$DEVICE_TARGET" "$@"
+    "$PY" train.py --config "$CONFIG" --output_dir "$OUT" --device_target "$DEVICE_TARGET" ${EXTRA[@]+"${EXTRA[@]}"} "$@"
     ;;
   distribute)
     if [ "$DEVICE_TARGET" = CPU ]; then default_num=2; else default_num=8; fi
     NUM=${DEVICE_NUM:-$default_num}
     msrun --worker_num "$NUM" --local_worker_num "$NUM" --master_port "${MASTER_PORT:-8118}" \
           --log_dir "$OUT/msrun_logs" --join True \
-          train.py --config "$CONFIG" --output_dir "$OUT" --device_target "$DEVICE_TARGET" --distributed "$@"
+          train.py --config "$CONFIG" --output_dir "$OUT" --device_target "$DEVICE_TARGET" --distributed \
+          ${EXTRA[@]+"${EXTRA[@]}"} "$@"
     ;;
   *)
     echo "unknown mode '$MODE' (standalone or distribute)" >&2

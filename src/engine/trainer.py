@@ -1,27 +1,37 @@
-"""The training loop: data, one compiled train step, logging, per-epoch checkpoints and exact resume.
+"""The training loop: data, one compiled train step, logging, checkpoints and exact resume.
 
 Follows facebookresearch/detr ``main.py`` / ``engine.train_one_epoch`` in what it does per epoch, with
-MindSpore's graph-mode train step (:class:`src.engine.train_step.TrainStep`) doing forward, in-graph
-Hungarian matching, loss, gradient all-reduce, clipping and the AdamW update in one call.
+MindSpore's graph-mode train step (:class:`src.engine.train_step.TrainStep`) doing forward, loss, gradient
+all-reduce, clipping and the optimizer update in one call. Two schedules:
 
-Resume: a checkpoint stores ``epoch`` (the epoch it was written in, or the next one when written at an
-epoch's end) and ``step`` (optimizer steps done). The data order of an epoch is a function of
-``seed + epoch``, so a resumed run rebuilds that epoch's dataset and skips the batches already consumed.
+* ``train.optimizer: adamw`` (DETR family, the default when the key is absent): ``train.epochs`` epochs,
+  DETR's AdamW with its epoch step decay (:mod:`src.engine.lr_schedule`), a checkpoint every
+  ``train.checkpoint_interval`` epochs and at the end.
+* ``train.optimizer: sgd`` (DeFRCN): detectron2's iteration schedule (:mod:`src.engine.sgd`): ``train.max_iter``
+  updates after the linear scaling rule for the actual total batch, as many epochs as that takes (the last
+  one cut short), a checkpoint every ``train.checkpoint_period`` iterations and at the end (per-epoch
+  checkpoints would be one per update for a 1-shot set of a few images).
+
+Resume: a checkpoint stores ``step`` (optimizer steps done) and ``epoch = step // steps_per_epoch``. The data
+order of an epoch is a function of ``seed + epoch``, so a resumed run rebuilds that epoch's dataset and skips
+the batches already consumed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from src.data.dataset import create_coco_dataset
+from src.data.dataset import create_dataset
 from src.engine.checkpoint import checkpoint_path, load_for_resume, load_pretrained, save_checkpoint
 from src.engine.logger import setup_logger
 from src.engine.lr_schedule import build_optimizer
+from src.engine.sgd import build_sgd, scale_schedule
 from src.engine.train_step import TrainStep
 from src.models import build_model
 from src.runtime import RuntimeInfo
@@ -44,13 +54,18 @@ class TrainOptions:
     """Run-level options from the command line (everything else is in the config).
 
     Attributes:
-        coco_path: COCO folder with ``annotations/instances_{split}.json`` and ``{split}/`` images.
+        coco_path: dataset root: the COCO folder (``annotations/`` and the split images) or, for a DeFRCN VOC
+            config, the VOCdevkit folder.
         output_dir: logs, the resolved config and ``checkpoints/`` go here.
         mindrecord_dir: MindRecord cache for the split (built on first use).
         resume: checkpoint to continue from (weights, optimizer state, epoch, step).
-        pretrained: checkpoint whose weights initialize the network (strict: every key must match).
-        max_steps: stop after this many optimizer steps in total (0: run all epochs).
+        pretrained: checkpoint whose weights initialize the network.
+        max_steps: stop after this many optimizer steps in total (0: run the whole schedule).
         max_images: use only the first N images of the split (small runs and tests).
+        strict_pretrained: every network key must be in ``pretrained`` and vice versa. False lets keys missing
+            from it keep their initialization (a DeFRCN FSOD fine-tune from a ``remove`` surgery checkpoint
+            re-learns the box predictor) and warns about them; unexpected keys and shape mismatches are
+            still reported.
     """
 
     coco_path: str
@@ -60,10 +75,54 @@ class TrainOptions:
     pretrained: str | None = None
     max_steps: int = 0
     max_images: int | None = None
+    strict_pretrained: bool = True
+
+
+@dataclass
+class Plan:
+    """What the optimizer and the loop need from the schedule.
+
+    Attributes:
+        optimizer: the optimizer Cell (``current_lr()`` for logging).
+        total_steps: optimizer updates of the whole run.
+        num_epochs: epochs needed for ``total_steps`` (the last one may stop early).
+        checkpoint_interval: epochs between checkpoints (0: none by epoch).
+        checkpoint_period: iterations between checkpoints (0: none by iteration).
+        description: one log line describing the schedule.
+    """
+
+    optimizer: object
+    total_steps: int
+    num_epochs: int
+    checkpoint_interval: int
+    checkpoint_period: int
+    description: str
+
+
+def plan_schedule(network, train_cfg: dict, steps_per_epoch: int, rank_size: int) -> Plan:
+    """Optimizer and step counts of ``train_cfg`` (``optimizer``: ``adamw`` by default, or ``sgd``).
+
+    Raises:
+        ValueError: an unknown ``train.optimizer``.
+    """
+    kind = train_cfg.get("optimizer", "adamw")
+    if kind == "adamw":
+        epochs = int(train_cfg["epochs"])
+        return Plan(build_optimizer(network, train_cfg, steps_per_epoch), epochs * steps_per_epoch, epochs,
+                    int(train_cfg["checkpoint_interval"]), 0, f"{epochs} epochs")
+    if kind == "sgd":
+        total_batch = int(train_cfg["batch_size"]) * rank_size
+        schedule = scale_schedule(train_cfg, total_batch)
+        description = (f"{schedule.max_iter} iterations, lr {schedule.base_lr:g}, steps {list(schedule.steps)}, "
+                       f"warmup {schedule.warmup_iters} (linear scaling x{schedule.scale:g}: total batch "
+                       f"{total_batch} vs train.ims_per_batch {train_cfg['ims_per_batch']})")
+        return Plan(build_sgd(network, train_cfg, schedule), schedule.max_iter,
+                    math.ceil(schedule.max_iter / steps_per_epoch), 0, schedule.checkpoint_period, description)
+    raise ValueError(f"train.optimizer must be 'adamw' or 'sgd', got {kind!r}")
 
 
 def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
-    """Train the model of ``cfg`` on ``cfg['data']['train_split']`` and return a summary.
+    """Train the model of ``cfg`` on its training split and return a summary.
 
     Returns:
         dict with ``step`` (optimizer steps done), ``epoch``, ``last_loss`` (float),
@@ -72,44 +131,54 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
     Raises:
         FileNotFoundError / ValueError: from the data reader (named file, image id or key) or from
             checkpoint loading (named key and shapes).
+        FloatingPointError: the loss became NaN or infinite.
     """
     logger = setup_logger(opts.output_dir, "train", runtime.rank_id)
     train_cfg, data_cfg = cfg["train"], cfg["data"]
     detector = build_model(cfg, distributed=runtime.distributed)
     if opts.pretrained:
-        load_pretrained(opts.pretrained, detector.network, strict=True)
-        logger.info("initialized weights from %s", opts.pretrained)
+        missing, _ = load_pretrained(opts.pretrained, detector.network, strict=opts.strict_pretrained)
+        logger.info("initialized weights from %s%s", opts.pretrained,
+                    f"; {len(missing)} key(s) keep their initialization: {missing}" if missing else "")
 
     def make_dataset(epoch: int):
-        return create_coco_dataset(
-            opts.coco_path, data_cfg["train_split"], opts.mindrecord_dir, is_training=True,
-            batch_size=train_cfg["batch_size"], data_cfg=data_cfg, rank_id=runtime.rank_id,
-            rank_size=runtime.rank_size, seed=train_cfg["seed"] + epoch, max_images=opts.max_images)
+        return create_dataset(opts.coco_path, data_cfg, "train", opts.mindrecord_dir,
+                              batch_size=train_cfg["batch_size"], rank_id=runtime.rank_id,
+                              rank_size=runtime.rank_size, seed=train_cfg["seed"] + epoch, max_images=opts.max_images)
 
     steps_per_epoch = make_dataset(0).get_dataset_size()
     if steps_per_epoch == 0:
         raise ValueError(
             f"{opts.coco_path}: split {data_cfg['train_split']} gives no full batch of "
             f"{train_cfg['batch_size']} images per rank ({runtime.rank_size} ranks); lower --batch_size")
-    optimizer = build_optimizer(detector.network, train_cfg, steps_per_epoch)
+    plan = plan_schedule(detector.network, train_cfg, steps_per_epoch, runtime.rank_size)
+    optimizer = plan.optimizer
     train_step = TrainStep(detector.network, detector.criterion, optimizer,
-                           clip_max_norm=train_cfg["clip_max_norm"])
+                           clip_max_norm=train_cfg["clip_max_norm"], loss_network=detector.loss_network)
     train_step.set_train(True)
 
-    start_epoch, step = 0, 0
+    step = 0
     if opts.resume:
-        start_epoch, step = load_for_resume(opts.resume, detector.network, optimizer)
-        logger.info("resumed from %s at epoch %d, step %d", opts.resume, start_epoch, step)
+        _, step = load_for_resume(opts.resume, detector.network, optimizer)
+        logger.info("resumed from %s at epoch %d, step %d", opts.resume, step // steps_per_epoch, step)
 
-    total_steps = train_cfg["epochs"] * steps_per_epoch
+    total_steps = plan.total_steps
     if opts.max_steps:
         total_steps = min(total_steps, opts.max_steps)
-    logger.info("training %d steps (%d per epoch, batch %d x %d ranks)", total_steps, steps_per_epoch,
-                train_cfg["batch_size"], runtime.rank_size)
+    logger.info("training %d steps (%d per epoch, batch %d x %d ranks); schedule: %s", total_steps, steps_per_epoch,
+                train_cfg["batch_size"], runtime.rank_size, plan.description)
+
+    def save(at_step: int):
+        path = checkpoint_path(Path(opts.output_dir) / "checkpoints", cfg["model"]["name"],
+                               at_step // steps_per_epoch, at_step)
+        save_checkpoint(path, detector.network, optimizer, epoch=at_step // steps_per_epoch, step=at_step,
+                        keep_checkpoint_max=train_cfg["keep_checkpoint_max"])
+        logger.info("saved %s", path)
+        return path
 
     losses, last_ckpt = [], None
-    epoch = start_epoch
-    while step < total_steps and epoch < train_cfg["epochs"]:
+    epoch = step // steps_per_epoch
+    while step < total_steps and epoch < plan.num_epochs:
         dataset = make_dataset(epoch)
         done_in_epoch = step - epoch * steps_per_epoch
         if done_in_epoch > 0:
@@ -132,14 +201,14 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
                             optimizer.current_lr(), speed)
             if step >= total_steps:
                 break
+            if runtime.is_main and plan.checkpoint_period and step % plan.checkpoint_period == 0:
+                last_ckpt = save(step)
         epoch_done = step == (epoch + 1) * steps_per_epoch
         next_epoch = epoch + 1 if epoch_done else epoch
-        finished = step >= total_steps or next_epoch >= train_cfg["epochs"]
-        if runtime.is_main and (finished or next_epoch % train_cfg["checkpoint_interval"] == 0):
-            last_ckpt = checkpoint_path(Path(opts.output_dir) / "checkpoints", cfg["model"]["name"], next_epoch, step)
-            save_checkpoint(last_ckpt, detector.network, optimizer, epoch=next_epoch, step=step,
-                            keep_checkpoint_max=train_cfg["keep_checkpoint_max"])
-            logger.info("saved %s", last_ckpt)
+        finished = step >= total_steps or next_epoch >= plan.num_epochs
+        by_epoch = epoch_done and plan.checkpoint_interval and next_epoch % plan.checkpoint_interval == 0
+        if runtime.is_main and (finished or by_epoch):
+            last_ckpt = save(step)
         epoch = next_epoch
         if not epoch_done:
             break

@@ -1,6 +1,6 @@
 """Model registry: ``build_model(cfg)`` is the one place a config becomes networks.
 
-Registered: ``detr`` and ``focus_detr``; DeFRCN adds its builder here.
+Registered: ``detr``, ``focus_detr`` and ``defrcn``.
 """
 
 from __future__ import annotations
@@ -17,16 +17,23 @@ class Detector:
     Attributes:
         network: ``(image, mask) -> outputs`` (a tuple; DETR: ``(pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``,
             Focus-DETR: see :class:`src.models.focus_detr.model.FocusDETRWithImageMask`).
-        criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``.
-        postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] raw COCO category ids,
-            boxes xyxy [B,S,4] in original pixels)``.
-        loss_names: names of the entries of ``loss_terms``.
+        criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``; None for a model
+            with a ``loss_network``.
+        postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] dataset category ids (raw
+            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots with label -1
+            and score 0.
+        loss_names: names of the entries of ``loss_terms`` (any length).
+        loss_network: optional ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)`` that
+            training uses instead of ``criterion(*network(image, mask), ...)``, for models whose forward pass
+            needs the targets (DeFRCN samples proposals against the ground truth). It shares ``network``'s
+            parameters.
     """
 
     network: nn.Cell
-    criterion: nn.Cell
+    criterion: nn.Cell | None
     postprocess: nn.Cell
     loss_names: tuple
+    loss_network: nn.Cell | None = None
 
 
 def build_model(cfg: dict, distributed: bool = False) -> Detector:
@@ -62,4 +69,10 @@ def build_model(cfg: dict, distributed: bool = False) -> Detector:
                                           distributed=distributed, **cfg["loss"])
         postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"])
         return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"))
-    raise ValueError(f"unknown model.name {name!r}; registered: ['detr', 'focus_detr']")
+    if name == "defrcn":
+        from src.data.sources import detector_class_ids
+        from src.models.defrcn.detector import LOSS_NAMES, build_defrcn
+
+        network, postprocess, loss_network = build_defrcn(cfg, detector_class_ids(cfg["data"]))
+        return Detector(network, None, postprocess, LOSS_NAMES, loss_network)
+    raise ValueError(f"unknown model.name {name!r}; registered: ['detr', 'focus_detr', 'defrcn']")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Standalone DeFRCN fine-tuning on Ascend (one shot / seed):
+#   bash scripts/run_standalone_finetune_ascend.sh EXP CONFIG --pretrained SURGERY_CKPT [train.py options]
+# e.g. CONFIG configs/defrcn/defrcn_fsod_r101_novel_coco_10shot.yaml with the `remove` surgery output, or a
+# gfsod config with the `randinit` one (tools/model_surgery.py); pick the few-shot seed with --set data.seed=S.
+# Outputs go to outputs/EXP (logs, resolved config, checkpoints). See scripts/train.sh for the environment.
+DEVICE_TARGET=Ascend TASK=finetune exec bash "$(dirname "$0")/train.sh" standalone "$@"
