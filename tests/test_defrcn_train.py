@@ -130,13 +130,16 @@ def _run(args, tmp_path):
 
 def test_tiny_base_training_halves_its_loss_then_surgery_and_finetune(tmp_path, shared_data):
     coco = shared_data / "coco_tiny"
-    cfg = load_config(TINY_BASE, ["train.max_iter=40", "train.steps=[30]"])
+    cfg = load_config(TINY_BASE, ["train.max_iter=40", "train.steps=[30]", "train.checkpoint_period=15"])
     opts = TrainOptions(str(coco), str(tmp_path / "base"), str(tmp_path / "mr"), max_images=2)
     result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
     losses = np.asarray(result["losses"])
     assert len(losses) == 40 and np.all(np.isfinite(losses))
     assert losses[-10:].mean() <= 0.5 * losses[:5].mean(), losses
     base_ckpt = Path(result["checkpoint"])
+    # One batch per epoch here: checkpoints every 15 iterations and at the last one, named <epoch>_<step>.
+    assert sorted(p.name for p in base_ckpt.parent.glob("*.ckpt")) == ["defrcn-15_15.ckpt", "defrcn-30_30.ckpt",
+                                                                        "defrcn-40_40.ckpt"]
     base = checkpoint_arrays(base_ckpt)
     assert int(base["state_step"]) == 40 and base["roi_heads.box_predictor.cls_score.weight"].shape[0] == 61
 
