@@ -1,7 +1,12 @@
-"""Evaluate a checkpoint on a COCO split: prints the 12-line COCOeval table, writes results and metrics.
+"""Evaluate a checkpoint: prints the COCOeval table (or VOC AP), writes results and metrics.json.
 
-``python eval.py --config CFG --coco_path COCO --checkpoint CKPT [--split val2017] [--max_images N]
-[--output_dir OUT]``
+``python eval.py --config CFG --coco_path ROOT --checkpoint CKPT [--split SPLIT] [--max_images N]
+[--output_dir OUT] [--set KEY=VALUE ...]``
+
+DETR / Focus-DETR: COCO AP on a COCO split. DeFRCN: COCO AP/AP50/AP75 over the detector's classes plus bAP and
+nAP, or for a VOC config (``--coco_path`` is then the VOCdevkit) VOC2007 11-point AP50 with nAP50 / bAP50 and
+per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores detections with PCB
+(support set: the config's few-shot split, ``data.shot`` / ``data.seed``). See ``src/engine/evaluate.py``.
 """
 
 import argparse
@@ -9,7 +14,7 @@ from pathlib import Path
 
 from src.config import load_config, save_config
 from src.engine.checkpoint import load_pretrained
-from src.engine.evaluate import InferenceNet, evaluate_coco
+from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.logger import setup_logger
 from src.models import build_model
 from src.runtime import DEVICE_TARGETS, init_context
@@ -18,9 +23,9 @@ from src.runtime import DEVICE_TARGETS, init_context
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--coco_path", required=True)
+    parser.add_argument("--coco_path", required=True, help="dataset root: the COCO folder, or the VOCdevkit")
     parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (trained or converted)")
-    parser.add_argument("--split", help="default: data.val_split of the config (val2017)")
+    parser.add_argument("--split", help="default: data.val_split of the config (e.g. val2017, 5k, 2007_test)")
     parser.add_argument("--max_images", type=int, help="evaluate only the first N images")
     parser.add_argument("--output_dir", default=None, help="default: the checkpoint's folder / eval_<split>")
     parser.add_argument("--mindrecord_dir", default=None, help="default: OUTPUT_DIR/mindrecord")
@@ -42,9 +47,9 @@ def main(argv=None):
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     mindrecord_dir = args.mindrecord_dir or str(output_dir / "mindrecord")
-    stats = evaluate_coco(net, cfg, args.coco_path, split, mindrecord_dir, output_dir, args.max_images, logger)
-    logger.info("AP %.4f AP50 %.4f AP75 %.4f; results and metrics.json in %s",
-                stats["AP"], stats["AP50"], stats["AP75"], output_dir)
+    stats = evaluate_model(net, cfg, args.coco_path, split, mindrecord_dir, output_dir, args.max_images, logger)
+    logger.info("AP %.4f AP50 %.4f AP75 %.4f; metrics.json in %s", stats["AP"], stats["AP50"], stats["AP75"],
+                output_dir)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class CocoEvaluator:
     Args:
         annotations: path of a COCO instances JSON, or a loaded ``pycocotools.coco.COCO``.
         num_classes: DETR's ``num_classes``; label ``num_classes`` (and above) is the no-object class and is
-            dropped.
+            dropped, as are negative labels (empty detection slots).
 
     Attributes:
         image_ids: ids of the images passed to :meth:`update` (padding rows excluded), in order.
@@ -126,7 +126,8 @@ class CocoEvaluator:
         Args:
             image_ids: int [B]; rows with a negative id are batch padding and are skipped.
             scores: float [B, Q] confidence.
-            labels: int [B, Q] COCO category ids; ``>= num_classes`` means no-object (skipped).
+            labels: int [B, Q] COCO category ids; ``>= num_classes`` means no-object and a negative label an
+                empty slot (DeFRCN's post-process marks them -1); both are skipped.
             boxes_xyxy: float [B, Q, 4] ``(x0, y0, x1, y1)`` in original-image pixels.
 
         Raises:
@@ -153,7 +154,7 @@ class CocoEvaluator:
             if image_id not in self._known_ids:
                 raise KeyError(f"image id {image_id} is not in the COCO annotation file being evaluated against.")
             self.image_ids.append(image_id)
-            keep = (labels[row] < self.num_classes) & np.isfinite(scores[row])
+            keep = (labels[row] >= 0) & (labels[row] < self.num_classes) & np.isfinite(scores[row])
             for score, label, (x0, y0, x1, y1) in zip(
                 scores[row][keep].tolist(), labels[row][keep].tolist(), boxes[row][keep].tolist()
             ):

@@ -62,7 +62,8 @@ def run_cocoeval_on_categories(coco_gt: COCO, results: Sequence[dict], cat_ids: 
 def coco_few_shot_stats(annotations: str | os.PathLike | COCO, results: Sequence[dict],
                         base_ids: Optional[Sequence[int]] = COCO_BASE_IDS,
                         novel_ids: Optional[Sequence[int]] = COCO_NOVEL_IDS,
-                        image_ids: Iterable[int] | None = None) -> Dict[str, float]:
+                        image_ids: Iterable[int] | None = None,
+                        all_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """All-class, base-class and novel-class COCO stats of one set of detections.
 
     Args:
@@ -71,13 +72,15 @@ def coco_few_shot_stats(annotations: str | os.PathLike | COCO, results: Sequence
         base_ids, novel_ids: COCO category ids of each subset (defaults: the 60 / 20 of the TFA COCO split);
             None skips that subset.
         image_ids: images to score; None scores every ground-truth image (as DeFRCN does).
+        all_ids: categories of the overall stats; None takes every ground-truth category (DeFRCN's "all"
+            run). A detector of a class subset (base training, FSOD) passes its own classes.
 
     Returns:
-        The 12 ``STAT_NAMES`` over all categories, plus ``b`` + and ``n`` + each of ``SPLIT_STAT_NAMES``.
+        The 12 ``STAT_NAMES`` over ``all_ids``, plus ``b`` + and ``n`` + each of ``SPLIT_STAT_NAMES``.
     """
     coco_gt = load_coco_gt(annotations)
     image_ids = list(image_ids) if image_ids is not None else None
-    stats = run_cocoeval(coco_gt, results, image_ids)
+    stats = run_cocoeval(coco_gt, results, image_ids, cat_ids=None if all_ids is None else list(all_ids))
     for prefix, ids in (("b", base_ids), ("n", novel_ids)):
         if ids is None:
             continue
@@ -91,22 +94,24 @@ class FewShotCocoEvaluator(CocoEvaluator):
 
     Args:
         annotations, num_classes: as ``CocoEvaluator``.
-        base_ids, novel_ids: as :func:`coco_few_shot_stats`.
+        base_ids, novel_ids, all_ids: as :func:`coco_few_shot_stats`.
     """
 
     def __init__(self, annotations: str | os.PathLike | COCO, num_classes: int = 91,
                  base_ids: Optional[Sequence[int]] = COCO_BASE_IDS,
-                 novel_ids: Optional[Sequence[int]] = COCO_NOVEL_IDS):
+                 novel_ids: Optional[Sequence[int]] = COCO_NOVEL_IDS,
+                 all_ids: Optional[Sequence[int]] = None):
         super().__init__(annotations, num_classes)
         self.base_ids = None if base_ids is None else tuple(base_ids)
         self.novel_ids = None if novel_ids is None else tuple(novel_ids)
+        self.all_ids = None if all_ids is None else tuple(all_ids)
 
     def evaluate(self) -> Dict[str, float]:
         """Score the accumulated detections on the images passed to ``update`` (see the class docstring)."""
         if len(set(self.image_ids)) != len(self.image_ids):
             logger.warning("FewShotCocoEvaluator: some images were passed to update() more than once.")
         self.stats = coco_few_shot_stats(self.coco_gt, self.results, self.base_ids, self.novel_ids,
-                                         self.image_ids)
+                                         self.image_ids, self.all_ids)
         return self.stats
 
 
