@@ -2,9 +2,9 @@
 
 The detrex names are produced here by an inverse mapping written for the test (detectron2 ResNet names,
 LayerNorm/Embedding ``weight``/``bias``, Swin names unchanged), then the state dict gets what a detrex file also
-holds: the duplicated shared heads, the denoising label embedding and bookkeeping buffers. The full R50 4-scale
-model and a Swin-T 4-scale variant (our Swin-T and a 192/384/768 neck put into the same model) are used, so the
-key sets are those of the real checkpoints.
+holds: the duplicated shared heads and bookkeeping buffers. The full R50 4-scale model and the full Swin-T 4-scale
+model (``backbone="swin_t"``) are used, so the key sets are those of the real checkpoints (including the denoising
+label embedding ``label_enc.weight``).
 """
 
 import re
@@ -13,11 +13,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.backbones.swin import build_swin
 from src.convert_common import ConversionError
 from src.models.focus_detr.convert import infer_backbone, map_focus_detr_state
 from src.models.focus_detr.model import FocusDETR
-from src.models.focus_detr.neck import ChannelMapper
 from tools.convert_weights import main as convert_main
 
 torch = pytest.importorskip("torch")
@@ -67,7 +65,7 @@ def _synthetic_detrex_state(shapes, seed):
             duplicates[f"transformer.encoder.enhance_MCSP.{j}.{leaf}"] = f"class_embed.{ENC_LAYERS}.{leaf}"
     for dup, canonical in duplicates.items():
         state[dup] = state[canonical].copy()
-    state["label_enc.weight"] = rng.standard_normal((80, 256)).astype(np.float32)
+    assert state["label_enc.weight"].shape == (80, 256)
     extras = []
     for key in list(state):
         if key.startswith("backbone.") and key.endswith(".norm.running_var"):
@@ -96,27 +94,44 @@ def test_r50_checkpoint_converts_completely(r50, tmp_path, capsys):
     _save_pth(r50["state"], source)
     assert convert_main(["--model", "focus_detr", "--source", str(source), "--output", str(output)]) == 0
     printed = capsys.readouterr().out
-    assert "backbone resnet50" in printed and "known-unused source key (not converted): label_enc.weight" in printed
+    assert "backbone resnet50" in printed and "known-unused" not in printed
     _, report = map_focus_detr_state(r50["state"], r50["shapes"])
     assert report["mapped"] == len(r50["shapes"])
     assert report["duplicates"] == sorted(r50["duplicates"])
     assert len(report["duplicates"]) == 2 * NUM_HEADS + 6 * NUM_HEADS + 4 * ENC_LAYERS
     assert report["bookkeeping"] == sorted(r50["extras"]) and len(r50["extras"]) == 53
-    assert list(report["unused"]) == ["label_enc.weight"]
+    assert report["unused"] == {}
     loaded = ms.load_checkpoint(str(output))
     assert set(loaded) == set(r50["expected"])
     for name, value in r50["expected"].items():
         np.testing.assert_array_equal(loaded[name].asnumpy(), value, err_msg=name)
 
 
-def test_swin_t_checkpoint_maps_completely():
-    model = FocusDETR()
-    model.backbone = build_swin("swin_t")
-    model.neck = ChannelMapper((192, 384, 768), 256, num_outs=4)
-    shapes = _shapes(model)
-    assert "backbone.patch_embed.proj.weight" in shapes and "neck.convs.0.conv.weight" in shapes
+def test_label_embedding_is_reported_when_the_target_network_has_none(r50):
+    shapes = {k: v for k, v in r50["shapes"].items() if k != "label_enc.embedding_table"}
+    params, report = map_focus_detr_state(r50["state"], shapes)
+    assert set(params) == set(shapes)
+    assert list(report["unused"]) == ["label_enc.weight"]
+
+
+def test_swin_t_checkpoint_converts_completely(tmp_path, capsys):
+    shapes = _shapes(FocusDETR(backbone="swin_t"))
+    assert shapes["neck.convs.0.conv.weight"] == (256, 192, 1, 1)
+    assert shapes["neck.extra_convs.0.conv.weight"] == (256, 768, 3, 3)
     assert not any(name.startswith("backbone.body.") for name in shapes)
     state, expected, duplicates, extras = _synthetic_detrex_state(shapes, seed=1)
+    # detrex Swin-T keys, written out: patch embedding, 2/2/6/2 blocks of 13 tensors, 3 patch mergings, norm1-3.
+    block = ("norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.qkv.weight", "attn.qkv.bias",
+             "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+             "mlp.fc2.weight", "mlp.fc2.bias")
+    swin_keys = {f"backbone.patch_embed.{k}" for k in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")}
+    for stage, depth in enumerate((2, 2, 6, 2)):
+        swin_keys |= {f"backbone.layers.{stage}.blocks.{b}.{k}" for b in range(depth) for k in block}
+        if stage < 3:
+            swin_keys |= {f"backbone.layers.{stage}.downsample.{k}"
+                          for k in ("norm.weight", "norm.bias", "reduction.weight")}
+    swin_keys |= {f"backbone.norm{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")}
+    assert {k for k in state if k.startswith("backbone.") and k not in extras} == swin_keys
     assert len(extras) == 12  # one relative_position_index per Swin-T block (2 + 2 + 6 + 2)
     assert infer_backbone(state) == "swin_t"
     params, report = map_focus_detr_state(state, shapes)
@@ -125,7 +140,15 @@ def test_swin_t_checkpoint_maps_completely():
         np.testing.assert_array_equal(params[name], value, err_msg=name)
     assert report["duplicates"] == sorted(duplicates)
     assert report["bookkeeping"] == sorted(extras)
-    assert list(report["unused"]) == ["label_enc.weight"]
+    assert report["unused"] == {}
+    # Through the CLI the Swin-T model is built from the weights alone (backbone detected).
+    source, output = tmp_path / "focus_detr_swin_t.pth", tmp_path / "focus_detr_swin_t.ckpt"
+    _save_pth(state, source)
+    assert convert_main(["--model", "focus_detr", "--source", str(source), "--output", str(output)]) == 0
+    assert "backbone swin_t" in capsys.readouterr().out
+    loaded = ms.load_checkpoint(str(output))
+    np.testing.assert_array_equal(loaded["backbone.layers.2.blocks.5.attn.qkv.weight"].asnumpy(),
+                                  expected["backbone.layers.2.blocks.5.attn.qkv.weight"])
 
 
 @pytest.mark.parametrize("dup, canonical", [

@@ -32,6 +32,8 @@ class MultiheadAttention(nn.Cell):
         key (Tensor[float32]): ``[B, Lk, E]``.
         value (Tensor[float32]): ``[B, Lk, E]``.
         key_padding_mask (Tensor[bool] or None): ``[B, Lk]``, True for keys to ignore (padding).
+        attn_mask (Tensor[bool] or None): ``[Lq, Lk]`` (shared by the batch) or ``[B, Lq, Lk]``, True where query
+            ``i`` may not attend to key ``j`` (torch's boolean ``attn_mask``; e.g. DINO's denoising groups).
 
     Outputs:
         Tensor[float32]: ``[B, Lq, E]``. Attention weights are not returned.
@@ -68,7 +70,7 @@ class MultiheadAttention(nn.Cell):
         b, length, _ = x.shape
         return x.reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def construct(self, query, key, value, key_padding_mask=None):
+    def construct(self, query, key, value, key_padding_mask=None, attn_mask=None):
         b, lq, _ = query.shape
         q = self._split_heads(self._project(query, 0) * self.scaling)
         k = self._split_heads(self._project(key, 1))
@@ -76,6 +78,10 @@ class MultiheadAttention(nn.Cell):
         scores = ops.matmul(q, k.transpose(0, 1, 3, 2))  # [B, h, Lq, Lk]
         if key_padding_mask is not None:
             scores = ops.masked_fill(scores, key_padding_mask[:, None, None, :], _MASK_VALUE)
+        if attn_mask is not None:
+            # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
+            pair_mask = attn_mask if attn_mask.ndim == 2 else attn_mask[:, None]
+            scores = ops.masked_fill(scores, pair_mask, _MASK_VALUE)
         attn = self.attn_drop(ops.softmax(scores, axis=-1))
         out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         return self.out_proj(out)

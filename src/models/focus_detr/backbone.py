@@ -1,4 +1,4 @@
-"""Multi-level ResNet backbone of Focus-DETR (res3, res4, res5 at strides 8, 16, 32).
+"""Multi-level backbones of Focus-DETR: ResNet res3-res5 or Swin stages 1-3 (strides 8, 16, 32).
 
 detrex configures Focus-DETR with a detectron2 ``ResNet`` (``BasicStem`` + bottleneck stages with the stride on
 the 3x3 conv, FrozenBN everywhere, ``out_features=["res3", "res4", "res5"]``, ``freeze_at=1``). That network
@@ -8,17 +8,31 @@ parameter names, so this module reuses :class:`src.backbones.resnet.ResNet` (its
 detectron2 -> MindSpore name mapping as :func:`detectron2_to_mindspore_key` for the checkpoint converter.
 
 Freezing follows detectron2's ``freeze_at=1``: only the stem is frozen; ``layer1`` (res2) trains.
+
+Swin (:func:`build_backbone` with a :data:`src.backbones.swin.SWIN_CONFIGS` preset name) follows detrex
+``projects/focus_detr/configs/models/focus_detr_swin_{tiny_224,base_384,large_384}.py``: detectron2's
+``SwinTransformer`` with ``out_indices=(1, 2, 3)`` (channels ``2C, 4C, 8C``: 192/384/768 for Swin-T, 256/512/1024 for
+Swin-B, 384/768/1536 for Swin-L), stochastic depth 0.1 for Swin-T and detectron2's default 0.2 otherwise, nothing
+frozen. :class:`src.backbones.swin.SwinTransformer` is that network under the same parameter names, so it is the
+model's ``backbone`` directly and the detrex keys ``backbone.patch_embed.*``, ``backbone.layers.N.blocks.M.*``,
+``backbone.norm{1,2,3}.*`` need no rename.
 """
 
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 from mindspore import nn, ops
 
 from src.backbones.resnet import RESNET_DEPTHS, ResNet
+from src.backbones.swin import SWIN_CONFIGS, build_swin
 
 OUT_CHANNELS = (512, 1024, 2048)
 OUT_STRIDES = (8, 16, 32)
+
+# Stochastic-depth rate of each Swin preset in the detrex Focus-DETR configs (Swin-T sets 0.1; the others keep
+# detectron2's SwinTransformer default).
+SWIN_DROP_PATH = {"swin_t": 0.1}
+SWIN_DEFAULT_DROP_PATH = 0.2
 
 _D2_STEM = re.compile(r"^backbone\.stem\.conv1\.(weight|norm\.(weight|bias|running_mean|running_var))$")
 _D2_BLOCK = re.compile(
@@ -104,3 +118,29 @@ class MultiLevelResNet(nn.Cell):
         res4 = body.layer3(res3)
         res5 = body.layer4(res4)
         return res3, res4, res5
+
+
+def build_backbone(name: str, train_backbone: bool = True) -> Tuple[nn.Cell, Tuple[int, ...]]:
+    """Build the Focus-DETR backbone ``name`` and return it with its three output channel counts.
+
+    Args:
+        name: ``"resnet50"``, ``"resnet101"`` or a Swin preset of :data:`src.backbones.swin.SWIN_CONFIGS`
+            (``"swin_t"``, ``"swin_b_384"``, ``"swin_l_384"``, ...).
+        train_backbone: if False every backbone parameter is frozen (the ResNet stem always is).
+
+    Returns:
+        tuple: the Cell (``image [B, 3, H, W] -> 3 maps at strides 8, 16, 32``, sizes ``ceil(H / s)``) and its
+        output channels.
+
+    Raises:
+        ValueError: if ``name`` is neither a ResNet nor a Swin preset.
+    """
+    if name in RESNET_DEPTHS:
+        return MultiLevelResNet(name, freeze_stem=True, train_backbone=train_backbone), OUT_CHANNELS
+    if name in SWIN_CONFIGS:
+        swin = build_swin(name, out_indices=(1, 2, 3), drop_path_rate=SWIN_DROP_PATH.get(name, SWIN_DEFAULT_DROP_PATH))
+        if not train_backbone:
+            for param in swin.get_parameters():
+                param.requires_grad = False
+        return swin, swin.out_channels
+    raise ValueError(f"unknown backbone {name!r}; supported: {sorted(RESNET_DEPTHS) + sorted(SWIN_CONFIGS)}")

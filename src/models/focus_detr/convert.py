@@ -19,12 +19,13 @@ What happens to each key:
    duplicate without its canonical key, is reported naming both keys. Our model uses the last class head
    (``class_embed.D``, ``D`` = decoder layers) for the encoder, so ``E != D`` is refused too.
 3. Known unused: ``label_enc.weight``, the label embedding of contrastive denoising, is mapped to
-   ``label_enc.embedding_table`` when the model has that parameter. :class:`FocusDETR` has no denoising queries
-   yet, so it is then left out and listed in the result as known-unused (never silently dropped); any other key
-   without a model parameter is an error.
+   ``label_enc.embedding_table`` (every :class:`FocusDETR` has it, also with ``dn_number=0``). Only a target
+   network without that parameter leaves it out, and it is then listed in the result as known-unused (never
+   silently dropped); any other key without a model parameter is an error.
 4. Renamed: detectron2 ResNet keys by
    :func:`src.models.focus_detr.backbone.detectron2_to_mindspore_key`; Swin keys keep their names (our Swin uses
-   torch's names) under the prefix the model gives its Swin (``backbone.`` or ``backbone.body.``); the
+   torch's names) under the prefix the model gives its Swin (``backbone.`` for :class:`FocusDETR` with a Swin
+   preset, ``backbone.body.`` for a wrapped one); the
    transformer's LayerNorms ``weight/bias`` -> ``gamma/beta``; ``transformer.tgt_embed.weight`` ->
    ``transformer.tgt_embed.embedding_table``. Everything else (neck with its GroupNorm ``weight/bias``,
    attentions, FFNs, heads, ``alpha``, ``level_embeds``) already has our name. Layouts agree: nothing is
@@ -54,9 +55,9 @@ from src.models.focus_detr.backbone import detectron2_to_mindspore_key
 # Constant buffers rebuilt by our modules (Swin's window index table).
 CONSTANT_BUFFER_SUFFIXES = (".attn.relative_position_index",)
 
-# Keys of the reference that a model without contrastive denoising has no parameter for; they are reported, not
-# converted. Maps the source key to the reason given in the report.
-KNOWN_UNUSED = {"label_enc.weight": "contrastive-denoising label embedding; this FocusDETR has no denoising queries"}
+# Keys of the reference that a target network may lack (one built without the denoising label embedding); they
+# are then reported, not converted. Maps the source key to the reason given in the report.
+KNOWN_UNUSED = {"label_enc.weight": "contrastive-denoising label embedding; the target network has none"}
 
 _DECODER_HEAD_COPY = re.compile(r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.+)$")
 _MCSP_COPY = re.compile(r"^(?:enhance_MCSP_layerlist|transformer\.encoder\.enhance_MCSP)\.(\d+)\.(.+)$")
@@ -194,7 +195,7 @@ def map_focus_detr_state(state: Dict[str, np.ndarray], param_shapes: Dict[str, t
 
 
 def build_focus_detr_for_conversion(backbone: str):
-    """Build a default :class:`FocusDETR` (detrex R50/R101 4-scale 12ep settings) with ``backbone``.
+    """Build a default :class:`FocusDETR` (detrex 4-scale settings) with ``backbone`` (ResNet or Swin preset).
 
     Raises:
         ConversionError: If the model cannot be built with that backbone.

@@ -1,4 +1,4 @@
-"""Focus-DETR training loss on static, padded targets (no denoising queries).
+"""Focus-DETR training loss on static, padded targets, with the contrastive denoising (DN) losses.
 
 Follows detrex ``projects/focus_detr/modeling/two_stage_criterion.py`` (``TwoStageCriterion``, itself the DINO
 two-stage criterion built on ``detrex/modeling/criterion/criterion.py::SetCriterion``):
@@ -14,6 +14,11 @@ two-stage criterion built on ``detrex/modeling/criterion/criterion.py::SetCriter
 * weights 1 / 5 / 2 on the final layer, each auxiliary layer and the encoder proposals (``_enc``);
 * ``select_loss``: the FTS foreground supervision (:func:`.losses.foreground_supervision_loss`) against FCOS-style
   token labels (:func:`.fts.fcos_foreground_labels`), weight 1.5.
+* denoising (:meth:`FocusDETRCriterion.denoising_loss`, detrex ``dn_criterion.py::FOCUS_DETRCriterion.
+  compute_dn_loss``): no matching; positive slot ``j`` of every group is assigned GT box ``j``. ``loss_class_dn``
+  is the focal loss over every slot of the real groups (negatives and padding slots are all-zero rows),
+  ``loss_bbox_dn``/``loss_giou_dn`` over the positive slots of real boxes, each divided by ``num_boxes * groups``;
+  weights 1 / 5 / 2 on the final layer and (with ``aux_loss``) on every other decoder layer.
 
 The targets carry raw COCO category ids (1..90, sparse); they are mapped to the contiguous ``0..K-1`` indices of
 the class heads with a constant lookup table (COCO order of :data:`src.data.coco_classes.COCO_CATEGORY_NAMES`).
@@ -160,6 +165,49 @@ class FocusDETRCriterion(nn.Cell):
         image_sizes = ops.stack((not_mask[:, :, 0].sum(axis=1), not_mask[:, 0, :].sum(axis=1)), axis=-1)
         labels = fcos_foreground_labels(tgt_boxes, tgt_valid, image_sizes, shapes)
         return foreground_supervision_loss(foreground_logits, labels, self.focal_alpha, self.focal_gamma)
+
+    def denoising_loss(self, dn_logits, dn_boxes, gt_index, positive, in_group, slot_valid, groups, has_gt,
+                       tgt_boxes, labels, tgt_valid):
+        """Weighted denoising loss of every decoder layer (final only without ``aux_loss``).
+
+        Args:
+            dn_logits (Tensor[float32]): ``[D, B, S, K]`` denoising slot logits.
+            dn_boxes (Tensor[float32]): ``[D, B, S, 4]`` denoising slot boxes, normalized cxcywh.
+            gt_index, positive, in_group, slot_valid, groups, has_gt: the slot layout of
+                :func:`src.models.focus_detr.dn.denoising_layout`.
+            tgt_boxes (Tensor[float32]): ``[B, N, 4]`` normalized cxcywh.
+            labels (Tensor[int32]): ``[B, N]`` CONTIGUOUS classes (:meth:`contiguous_labels`).
+            tgt_valid (Tensor[bool]): ``[B, N]``.
+
+        Returns:
+            Tensor[float32]: scalar; 0 for a batch without boxes (the reference skips denoising then).
+        """
+        dn_logits = dn_logits.astype(ms.float32)
+        dn_boxes = dn_boxes.astype(ms.float32)
+        batch, num_slots = slot_valid.shape
+        index = ops.broadcast_to(gt_index.expand_dims(0), (batch, num_slots))
+        slot_boxes = ops.gather_elements(tgt_boxes.astype(ms.float32), 1,
+                                         ops.broadcast_to(index.expand_dims(-1), (batch, num_slots, 4)))
+        slot_labels = ops.gather_elements(labels.astype(ms.int32), 1, index)
+        matched = ops.logical_and(slot_valid, positive.expand_dims(0))
+        onehot = ops.one_hot(slot_labels, self.num_classes, 1.0, 0.0).astype(ms.float32)
+        onehot = onehot * matched.astype(ms.float32).expand_dims(-1)
+        # Trailing slots outside the real groups do not exist in the reference: no class loss there.
+        class_weight = ops.broadcast_to(in_group.astype(ms.float32).reshape(1, -1, 1), onehot.shape)
+        matched_f = matched.astype(ms.float32)
+        normalizer = self.num_boxes(tgt_valid) * groups.astype(ms.float32)
+        num_layers = dn_logits.shape[0]
+        first = 0 if self.aux_loss else num_layers - 1
+        loss = ops.zeros((), ms.float32)
+        for layer in range(first, num_layers):
+            focal = sigmoid_focal_loss(dn_logits[layer], onehot, 1.0, self.focal_alpha, self.focal_gamma,
+                                       weights=class_weight)
+            boxes = dn_boxes[layer]
+            l1 = (ops.abs(boxes - slot_boxes).sum(axis=-1) * matched_f).sum()
+            giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(slot_boxes))
+            giou_loss = ((1.0 - giou) * matched_f).sum()
+            loss = loss + self.weighted((focal / normalizer, l1 / normalizer, giou_loss / normalizer))
+        return loss * has_gt.astype(ms.float32)
 
     def construct(self, pred_logits, pred_boxes, enc_logits, enc_boxes, foreground_logits, mask_flatten,
                   image_mask, tgt_boxes, tgt_labels, tgt_valid):

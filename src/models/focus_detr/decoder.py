@@ -4,8 +4,8 @@ Follows detrex ``projects/focus_detr/modeling/focus_detr_transformer.py::FOCUS_D
 decoder) with ``operation_order = ("self_attn", "norm", "cross_attn", "norm", "ffn", "norm")``. Per layer:
 
 1. the query position is ``ref_point_head(sine(reference box scaled by the valid ratios))``;
-2. self-attention (detrex MHA wrapper, residual inside), norm, deformable cross-attention into the encoder
-   memory with 4-d box references, norm, FFN, norm;
+2. self-attention (detrex MHA wrapper, residual inside; in training with the denoising attention mask of
+   :mod:`.dn`), norm, deformable cross-attention into the encoder memory with 4-d box references, norm, FFN, norm;
 3. the layer's own box head refines the reference: ``new = sigmoid(bbox_embed[i](out) + inverse_sigmoid(ref))``;
    the next layer gets ``new`` with the gradient stopped, while the returned per-layer references keep it
    (look-forward-twice, DINO section 3.5);
@@ -63,6 +63,22 @@ def sine_box_embedding(boxes, num_pos_feats: int = 128, temperature: float = 100
     return ops.concat(blocks, axis=-1)
 
 
+class MaskedDetrexMHA(DetrexMHA):
+    """:class:`DetrexMHA` taking an optional query-key mask (``attn_masks[0]`` of the detrex decoder layer).
+
+    Inputs:
+        query, key, value, query_pos, key_pos, key_padding_mask: see :class:`DetrexMHA`.
+        attn_mask (Tensor[bool] or None): ``[Lq, Lk]``, True where query ``i`` may not see key ``j``.
+
+    Outputs:
+        Tensor[float32]: ``[B, Lq, C]``.
+    """
+
+    def construct(self, query, key, value, query_pos, key_pos, key_padding_mask=None, attn_mask=None):
+        out = self.attn(query + query_pos, key + key_pos, value, key_padding_mask, attn_mask)
+        return query + self.proj_drop(out)
+
+
 class FocusDecoderLayer(nn.Cell):
     """DINO decoder layer (names as detrex: ``attentions.{0,1}``, ``norms.{0,1,2}``, ``ffns.0``).
 
@@ -79,16 +95,17 @@ class FocusDecoderLayer(nn.Cell):
                  dropout: float = 0.0):
         super().__init__()
         self.attentions = nn.CellList([
-            DetrexMHA(embed_dim, num_heads, dropout),
+            MaskedDetrexMHA(embed_dim, num_heads, dropout),
             MSDeformAttn(embed_dim, num_heads, num_levels, num_points, dropout),
         ])
         self.norms = nn.CellList([nn.LayerNorm((embed_dim,), epsilon=1e-5) for _ in range(3)])
         self.ffns = nn.CellList([FFN(embed_dim, feedforward_dim, dropout)])
 
-    def construct(self, query, query_pos, memory, memory_mask, reference_points, spatial_shapes):
+    def construct(self, query, query_pos, memory, memory_mask, reference_points, spatial_shapes, attn_mask=None):
         """``query``/``query_pos`` ``[B, Q, C]``, ``memory`` ``[B, N, C]``, ``memory_mask`` bool ``[B, N]`` (True
-        on padding), ``reference_points`` ``[B, Q, L, 4]`` -> updated queries ``[B, Q, C]`` float32."""
-        query = self.norms[0](self.attentions[0](query, query, query, query_pos, query_pos))
+        on padding), ``reference_points`` ``[B, Q, L, 4]``, optional self-attention ``attn_mask`` bool ``[Q, Q]``
+        (True = blocked) -> updated queries ``[B, Q, C]`` float32."""
+        query = self.norms[0](self.attentions[0](query, query, query, query_pos, query_pos, None, attn_mask))
         query = self.attentions[1](query, memory, reference_points, spatial_shapes, key_padding_mask=memory_mask,
                                    query_pos=query_pos)
         query = self.norms[1](query)
@@ -120,7 +137,7 @@ class FocusDETRDecoder(nn.Cell):
         self.bbox_embed = bbox_embed
 
     def construct(self, target, memory, memory_mask, reference_points, valid_ratios,
-                  spatial_shapes: Tuple[Tuple[int, int], ...]):
+                  spatial_shapes: Tuple[Tuple[int, int], ...], attn_mask=None):
         """Run the decoder.
 
         Args:
@@ -130,6 +147,7 @@ class FocusDETRDecoder(nn.Cell):
             reference_points (Tensor[float32]): ``[B, Q, 4]`` initial boxes, normalized cxcywh (no gradient).
             valid_ratios (Tensor[float32]): ``[B, L, 2]`` valid fraction ``(w, h)`` of each level.
             spatial_shapes: static ``(H_l, W_l)`` per level.
+            attn_mask (Tensor[bool] or None): ``[Q, Q]`` self-attention mask of every layer (denoising groups).
 
         Returns:
             tuple: ``hidden [layers, B, Q, C]`` (after the final norm) and ``references [layers, B, Q, 4]``, the
@@ -143,7 +161,7 @@ class FocusDETRDecoder(nn.Cell):
         for i, layer in enumerate(self.layers):
             refs_input = refs.expand_dims(2) * ratios
             query_pos = self.ref_point_head(sine_box_embedding(refs_input[:, :, 0], self.embed_dim // 2))
-            output = layer(output, query_pos, memory, memory_mask, refs_input, spatial_shapes)
+            output = layer(output, query_pos, memory, memory_mask, refs_input, spatial_shapes, attn_mask)
             new_refs = ops.sigmoid(self.bbox_embed[i](output) + inverse_sigmoid(refs))
             refs = ops.stop_gradient(new_refs)
             hidden.append(self.norm(output))

@@ -28,7 +28,7 @@ def _focal_terms(logits, targets, alpha: float, gamma: float):
     return loss
 
 
-def sigmoid_focal_loss(logits, targets, num_boxes, alpha: float = 0.25, gamma: float = 2.0):
+def sigmoid_focal_loss(logits, targets, num_boxes, alpha: float = 0.25, gamma: float = 2.0, weights=None):
     """Sigmoid focal loss summed over every element and divided by the number of GT boxes.
 
     detrex computes ``loss.mean(1).sum() / num_boxes * num_queries``, which is the same value.
@@ -39,11 +39,16 @@ def sigmoid_focal_loss(logits, targets, num_boxes, alpha: float = 0.25, gamma: f
         num_boxes (Tensor[float32] or float): normalizer, already clamped >= 1 by the caller.
         alpha: positive-class weight (0.25); negative disables it.
         gamma: focusing exponent (2).
+        weights (Tensor[float32] or None): same shape as ``logits``; multiplies each element's loss (0 leaves
+            an element out, e.g. denoising slots outside the real groups).
 
     Returns:
         Tensor[float32]: scalar.
     """
-    return _focal_terms(logits, targets, alpha, gamma).sum() / num_boxes
+    terms = _focal_terms(logits, targets, alpha, gamma)
+    if weights is not None:
+        terms = terms * weights
+    return terms.sum() / num_boxes
 
 
 def foreground_supervision_loss(logits, labels, alpha: float = 0.25, gamma: float = 2.0):

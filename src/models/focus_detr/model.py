@@ -13,8 +13,13 @@ Follows detrex ``projects/focus_detr/modeling/focus_detr.py`` (``FOCUS_DETR.forw
 5. decoder with iterative refinement (:mod:`.decoder`); per layer ``l`` the outputs are
    ``class_embed[l](h_l)`` and ``sigmoid(bbox_embed[l](h_l) + inverse_sigmoid(ref_{l-1}))``.
 
+In training, with the targets given to ``construct`` (see :class:`FocusDETRWithLoss`), contrastive denoising
+queries (:mod:`.dn`, ``FOCUS_DETR.prepare_for_cdn``) are put in front of the matching queries, the decoder's
+self-attention gets their group mask, and their outputs are split off again (``dn_post_process``). Without targets
+(evaluation, export) the network is ``(image, mask) -> outputs`` with no denoising.
+
 Unlike the reference at inference (which passes an all-False mask), the padding mask given to ``construct`` is
-always used. Contrastive denoising queries are not implemented.
+always used.
 """
 
 import math
@@ -27,8 +32,9 @@ from mindspore.common.initializer import Normal, initializer
 
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
-from src.models.focus_detr.backbone import MultiLevelResNet
+from src.models.focus_detr.backbone import build_backbone
 from src.models.focus_detr.decoder import FocusDETRDecoder, inverse_sigmoid
+from src.models.focus_detr.dn import DenoisingQueries
 from src.models.focus_detr.encoder import OESM_TOPK, FocusDETREncoder, gather_tokens
 from src.models.focus_detr.fts import (
     CASCADE_RATIOS,
@@ -147,18 +153,21 @@ def encoder_output_proposals(mask_flatten, spatial_shapes: SpatialShapes):
 
 
 class FocusDETR(nn.Cell):
-    """Focus-DETR with a ResNet backbone (two-stage, 4 scales, no denoising).
+    """Focus-DETR (two-stage, 4 scales) with a ResNet or Swin backbone and contrastive denoising in training.
 
-    Parameter names follow the detrex checkpoint up to the documented renames: ``backbone.body.*`` (see
-    :func:`src.models.focus_detr.backbone.detectron2_to_mindspore_key`), ``neck.*``, ``transformer.{alpha,
-    level_embeds, tgt_embed.embedding_table, enc_output, enc_output_norm, enc_mask_predictor, encoder.layers,
-    decoder.layers, decoder.ref_point_head, decoder.norm}``, ``class_embed.{0..D}``, ``bbox_embed.{0..D}`` (index
-    ``D`` = two-stage head, also the encoder's MCSP head). LayerNorms use ``gamma/beta``.
+    Parameter names follow the detrex checkpoint up to the documented renames: ``backbone.body.*`` for ResNet (see
+    :func:`src.models.focus_detr.backbone.detectron2_to_mindspore_key`) or ``backbone.*`` with detrex's own names for
+    Swin, ``neck.*``, ``transformer.{alpha, level_embeds, tgt_embed.embedding_table, enc_output, enc_output_norm,
+    enc_mask_predictor, encoder.layers, decoder.layers, decoder.ref_point_head, decoder.norm}``, ``class_embed.{0..D}``,
+    ``bbox_embed.{0..D}`` (index ``D`` = two-stage head, also the encoder's MCSP head), ``label_enc.embedding_table``
+    (denoising label embedding ``[K, C]``; present even with ``dn_number=0`` so checkpoints stay interchangeable).
+    LayerNorms use ``gamma/beta``.
 
     Args:
         num_classes: ``K`` sigmoid classes (80 for COCO in detrex), no no-object column.
-        backbone: ``"resnet50"`` or ``"resnet101"``.
-        train_backbone: train the backbone stages (the stem is always frozen).
+        backbone: ``"resnet50"``, ``"resnet101"`` or a Swin preset (``"swin_t"``, ``"swin_b_384"``, ``"swin_l_384"``;
+            see :func:`src.models.focus_detr.backbone.build_backbone`).
+        train_backbone: train the backbone (the ResNet stem is always frozen).
         embed_dim: width ``C`` (256); divisible by 32 (GroupNorm groups) and by ``num_heads``.
         num_heads: attention heads (8).
         enc_layers: encoder layers (<= ``len(cascade)``).
@@ -173,19 +182,31 @@ class FocusDETR(nn.Cell):
         pos_temperature: sine position temperature (10000 for 12ep configs, 20 for 24/36ep).
         pos_offset: sine position offset (-0.5 for 12ep, 0.0 for 24/36ep).
         num_levels: feature levels (3 backbone + extras); the FTS modulation is written for any ``L``.
+        dn_number: denoising query pairs per image in training (100); 0 disables denoising.
+        label_noise_ratio: denoising class noise (0.5: a class is replaced with probability 0.25).
+        box_noise_scale: denoising box noise (1.0).
+        token_selection: True = Focus-DETR's encoder; False = the DINO-equivalent encoder over all tokens (see
+            :class:`src.models.focus_detr.encoder.FocusDETREncoder`). Without token selection the foreground
+            selector is not run and ``foreground_logits`` are zeros (a baseline for inference cost, not for training).
 
     Inputs:
         image (Tensor[float32]): ``[B, 3, H, W]`` normalized, zero-padded bottom/right.
         mask (Tensor[bool]): ``[B, H, W]``, True on padding.
+        tgt_boxes, tgt_labels, tgt_valid (optional): ``[B, N, 4]`` normalized cxcywh, ``[B, N]`` int32 CONTIGUOUS
+            classes ``0..K-1``, ``[B, N]`` bool. Given (and ``dn_number > 0``): denoising queries are added.
 
     Outputs:
         tuple of
-            - pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer;
+            - pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer (matching queries);
             - pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` normalized cxcywh in ``[0, 1]``;
             - enc_logits (Tensor[float32]): ``[B, Q, K]`` two-stage proposal logits (``class_embed[D]``);
             - enc_boxes (Tensor[float32]): ``[B, Q, 4]`` two-stage proposal boxes, cxcywh in ``[0, 1]``;
             - foreground_logits (Tensor[float32]): ``[B, N]`` FTS logits over all tokens, level order finest first;
-            - mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (for the foreground loss).
+            - mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (for the foreground loss);
+        and with denoising, followed by
+            - dn_logits (Tensor[float32]): ``[D, B, S, K]``; dn_boxes (Tensor[float32]): ``[D, B, S, 4]``;
+            - the slot layout ``gt_index [S]``, ``positive [S]``, ``in_group [S]``, ``slot_valid [B, S]``, ``groups``
+              and ``has_gt`` of :func:`src.models.focus_detr.dn.denoising_layout`.
 
     Raises:
         ValueError: on an unknown backbone, a bad level count, or (while tracing) ``num_queries`` larger than the
@@ -196,19 +217,23 @@ class FocusDETR(nn.Cell):
                  embed_dim: int = 256, num_heads: int = 8, enc_layers: int = 6, dec_layers: int = 6,
                  feedforward_dim: int = 2048, num_queries: int = 900, num_points: int = 4, dropout: float = 0.0,
                  rho: float = FOCUS_RHO, cascade: Sequence[float] = CASCADE_RATIOS, oesm_topk: int = OESM_TOPK,
-                 pos_temperature: float = 10000.0, pos_offset: float = -0.5, num_levels: int = 4):
+                 pos_temperature: float = 10000.0, pos_offset: float = -0.5, num_levels: int = 4,
+                 dn_number: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
+                 token_selection: bool = True):
         super().__init__()
         if num_levels < 3:
-            raise ValueError(f"num_levels must be >= 3 (res3-5 plus extras), got {num_levels}")
+            raise ValueError(f"num_levels must be >= 3 (three backbone levels plus extras), got {num_levels}")
         if enc_layers > len(cascade):
             raise ValueError(f"enc_layers={enc_layers} exceeds the {len(cascade)} cascade ratios")
+        if dn_number < 0:
+            raise ValueError(f"dn_number must be >= 0, got {dn_number}")
         self.num_queries = num_queries
         self.num_levels = num_levels
         self.embed_dim = embed_dim
         self.rho = rho
         self.cascade = tuple(cascade[:enc_layers])
-        self.backbone = MultiLevelResNet(backbone, freeze_stem=True, train_backbone=train_backbone)
-        self.neck = ChannelMapper(MultiLevelResNet.num_channels, embed_dim, num_outs=num_levels)
+        self.backbone, backbone_channels = build_backbone(backbone, train_backbone)
+        self.neck = ChannelMapper(backbone_channels, embed_dim, num_outs=num_levels)
         self.position_embedding = OffsetPositionEmbeddingSine(embed_dim // 2, pos_temperature, offset=pos_offset)
 
         prior_bias = -math.log((1 - 0.01) / 0.01)
@@ -225,12 +250,27 @@ class FocusDETR(nn.Cell):
         bbox_embed = nn.CellList(box_heads)
         self.transformer = FocusTransformer(
             class_embed, bbox_embed, embed_dim, num_heads, enc_layers, dec_layers, feedforward_dim, num_queries,
-            num_levels, num_points, dropout, oesm_topk)
+            num_levels, num_points, dropout, oesm_topk, token_selection)
         # Assigned after the transformer so the shared heads are named ``class_embed.*`` / ``bbox_embed.*``.
         self.class_embed = class_embed
         self.bbox_embed = bbox_embed
+        # torch's nn.Embedding initializes with N(0, 1).
+        self.label_enc = nn.Embedding(num_classes, embed_dim, embedding_table=Normal(1.0))
+        self.use_dn = dn_number > 0
+        self.denoising = DenoisingQueries(num_classes, dn_number, label_noise_ratio, box_noise_scale) \
+            if self.use_dn else None
 
-    def construct(self, image, mask):
+    def _heads(self, hidden, init_ref, inter_refs):
+        """Per-layer class logits ``[D, B, *, K]`` and refined boxes ``[D, B, *, 4]`` of the decoder outputs."""
+        logits = []
+        boxes = []
+        for lvl in range(hidden.shape[0]):
+            reference = init_ref if lvl == 0 else inter_refs[lvl - 1]
+            logits.append(self.class_embed[lvl](hidden[lvl]))
+            boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
+        return ops.stack(logits), ops.stack(boxes)
+
+    def construct(self, image, mask, tgt_boxes=None, tgt_labels=None, tgt_valid=None):
         feats = self.neck(self.backbone(image))
         masks = ()
         poses = ()
@@ -239,16 +279,21 @@ class FocusDETR(nn.Cell):
             small = ops.interpolate(mask[:, None].astype(ms.float32), size=size, mode="nearest")[:, 0] > 0.5
             masks = masks + (small,)
             poses = poses + (self.position_embedding(small),)
+        if tgt_boxes is None or not self.use_dn:
+            hidden, init_ref, inter_refs, enc_target, enc_boxes, fg_logits, mask_flatten = self.transformer(
+                feats, masks, poses, self.rho, self.cascade)
+            logits, boxes = self._heads(hidden, init_ref, inter_refs)
+            return logits, boxes, self.class_embed[-1](enc_target), enc_boxes, fg_logits, mask_flatten
+        dn_query, dn_ref_unact, attn_mask, gt_index, positive, in_group, slot_valid, groups, has_gt = self.denoising(
+            tgt_boxes, tgt_labels, tgt_valid, self.label_enc.embedding_table, self.num_queries)
         hidden, init_ref, inter_refs, enc_target, enc_boxes, fg_logits, mask_flatten = self.transformer(
-            feats, masks, poses, self.rho, self.cascade)
-        logits = []
-        boxes = []
-        for lvl in range(hidden.shape[0]):
-            reference = init_ref if lvl == 0 else inter_refs[lvl - 1]
-            logits.append(self.class_embed[lvl](hidden[lvl]))
-            boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
-        enc_logits = self.class_embed[-1](enc_target)
-        return ops.stack(logits), ops.stack(boxes), enc_logits, enc_boxes, fg_logits, mask_flatten
+            feats, masks, poses, self.rho, self.cascade, dn_query, dn_ref_unact, attn_mask)
+        logits, boxes = self._heads(hidden, init_ref, inter_refs)
+        # dn_post_process: the first S decoder queries are the denoising slots.
+        num_slots = dn_query.shape[1]
+        return (logits[:, :, num_slots:], boxes[:, :, num_slots:], self.class_embed[-1](enc_target), enc_boxes,
+                fg_logits, mask_flatten, logits[:, :, :num_slots], boxes[:, :, :num_slots], gt_index, positive,
+                in_group, slot_valid, groups, has_gt)
 
 
 class FocusTransformer(nn.Cell):
@@ -261,10 +306,11 @@ class FocusTransformer(nn.Cell):
 
     def __init__(self, class_embed: nn.CellList, bbox_embed: nn.CellList, embed_dim: int, num_heads: int,
                  enc_layers: int, dec_layers: int, feedforward_dim: int, num_queries: int, num_levels: int,
-                 num_points: int, dropout: float, oesm_topk: int):
+                 num_points: int, dropout: float, oesm_topk: int, token_selection: bool = True):
         super().__init__()
         self.num_queries = num_queries
         self.embed_dim = embed_dim
+        self.token_selection = token_selection
         self.alpha = Parameter(initializer(ms.common.initializer.Uniform(0.3), (num_levels - 1,), ms.float32),
                                name="alpha")
         self.level_embeds = Parameter(initializer(Normal(1.0), (num_levels, embed_dim), ms.float32),
@@ -274,7 +320,7 @@ class FocusTransformer(nn.Cell):
         self.enc_output_norm = nn.LayerNorm((embed_dim,), epsilon=1e-5)
         self.enc_mask_predictor = MaskPredictor(embed_dim, embed_dim)
         self.encoder = FocusDETREncoder(class_embed[-1], embed_dim, num_heads, feedforward_dim, enc_layers,
-                                        num_levels, num_points, dropout, oesm_topk)
+                                        num_levels, num_points, dropout, oesm_topk, token_selection=token_selection)
         self.decoder = FocusDETRDecoder(bbox_embed, embed_dim, num_heads, feedforward_dim, dec_layers, num_levels,
                                         num_points, dropout)
         self.class_head = class_embed[-1]
@@ -285,7 +331,8 @@ class FocusTransformer(nn.Cell):
         memory = ops.masked_fill(memory, invalid.expand_dims(-1), 0.0)
         return self.enc_output_norm(self.enc_output(memory))
 
-    def construct(self, feats, masks, poses, rho: float, cascade: Tuple[float, ...]):
+    def construct(self, feats, masks, poses, rho: float, cascade: Tuple[float, ...], dn_query=None,
+                  dn_ref_unact=None, attn_mask=None):
         """Run the transformer on the neck levels.
 
         Args:
@@ -294,10 +341,14 @@ class FocusTransformer(nn.Cell):
             poses (tuple[Tensor[float32]]): ``[B, C, H_l, W_l]`` sine position embeddings.
             rho: foreground keep ratio.
             cascade: per-encoder-layer ratios.
+            dn_query (Tensor[float32] or None): ``[B, S, C]`` denoising queries put before the matching ones.
+            dn_ref_unact (Tensor[float32] or None): ``[B, S, 4]`` their inverse-sigmoid reference boxes.
+            attn_mask (Tensor[bool] or None): ``[S + Q, S + Q]`` decoder self-attention mask.
 
         Returns:
-            tuple: ``hidden [D, B, Q, C]``, ``init_ref [B, Q, 4]``, ``inter_refs [D, B, Q, 4]``, ``enc_target
-            [B, Q, C]``, ``enc_boxes [B, Q, 4]``, ``foreground_logits [B, N]``, ``mask_flatten [B, N]``.
+            tuple: ``hidden [D, B, S + Q, C]``, ``init_ref [B, S + Q, 4]``, ``inter_refs [D, B, S + Q, 4]``,
+            ``enc_target [B, Q, C]``, ``enc_boxes [B, Q, 4]``, ``foreground_logits [B, N]``, ``mask_flatten [B, N]``
+            (``S = 0`` without denoising).
         """
         batch = feats[0].shape[0]
         spatial_shapes = tuple((int(f.shape[2]), int(f.shape[3])) for f in feats)
@@ -314,13 +365,18 @@ class FocusTransformer(nn.Cell):
         proposals, proposal_valid = encoder_output_proposals(mask_flatten, spatial_shapes)
         invalid = ops.logical_not(proposal_valid)
 
-        # Foreground token selection on the processed (feature + position) tokens.
-        fts_memory = self._process_memory(feat_flatten + pos_flatten, invalid)
-        fg_logits = top_down_foreground_scores(fts_memory, mask_flatten, spatial_shapes, self.enc_mask_predictor,
-                                               self.alpha)
-        indices, layer_valid, _ = select_foreground_tokens(fg_logits, mask_flatten, rho, cascade)
-        memory = self.encoder(feat_flatten, pos_flatten, mask_flatten, reference_points, fg_logits, indices,
-                              layer_valid, spatial_shapes)
+        if self.token_selection:
+            # Foreground token selection on the processed (feature + position) tokens.
+            fts_memory = self._process_memory(feat_flatten + pos_flatten, invalid)
+            fg_logits = top_down_foreground_scores(fts_memory, mask_flatten, spatial_shapes,
+                                                   self.enc_mask_predictor, self.alpha)
+            indices, layer_valid, _ = select_foreground_tokens(fg_logits, mask_flatten, rho, cascade)
+            memory = self.encoder(feat_flatten, pos_flatten, mask_flatten, reference_points, fg_logits, indices,
+                                  layer_valid, spatial_shapes)
+        else:
+            fg_logits = ops.zeros(mask_flatten.shape, ms.float32)
+            memory = self.encoder(feat_flatten, pos_flatten, mask_flatten, reference_points, fg_logits, None, None,
+                                  spatial_shapes)
 
         # Two-stage query selection.
         output_memory = self._process_memory(memory, invalid)
@@ -333,7 +389,11 @@ class FocusTransformer(nn.Cell):
         enc_target = gather_tokens(output_memory, topk)
         target = ops.broadcast_to(self.tgt_embed.embedding_table.expand_dims(0),
                                   (batch, self.num_queries, self.embed_dim))
-        hidden, inter_refs = self.decoder(target, memory, mask_flatten, init_ref, valid_ratios, spatial_shapes)
+        if dn_query is not None:
+            target = ops.concat((dn_query, target), axis=1)
+            init_ref = ops.concat((ops.sigmoid(dn_ref_unact), init_ref), axis=1)
+        hidden, inter_refs = self.decoder(target, memory, mask_flatten, init_ref, valid_ratios, spatial_shapes,
+                                          attn_mask)
         return (hidden, init_ref, inter_refs, enc_target, ops.sigmoid(topk_coords_unact), fg_logits, mask_flatten)
 
 
@@ -342,7 +402,7 @@ class FocusDETRWithImageMask(nn.Cell):
 
     The criterion needs the unpadded image sizes and the static level shapes of the input (foreground labels) and
     only sees the network outputs, so the mask is passed through. Built with ``auto_prefix=False``: the parameter
-    names are exactly those of the wrapped :class:`FocusDETR`.
+    names are exactly those of the wrapped :class:`FocusDETR`. Never adds denoising queries (evaluation, export).
 
     Inputs:
         image (Tensor[float32]): ``[B, 3, H, W]``; mask (Tensor[bool]): ``[B, H, W]``, True on padding.
@@ -358,3 +418,39 @@ class FocusDETRWithImageMask(nn.Cell):
     def construct(self, image, mask):
         logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten = self.network(image, mask)
         return logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten, mask
+
+
+class FocusDETRWithLoss(nn.Cell):
+    """Training forward + loss of Focus-DETR: the targets reach the network for the denoising queries.
+
+    The ``loss_network`` of the zoo's ``Detector``: ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss,
+    loss_terms)``. Raw dataset labels are mapped to the heads' contiguous classes by the criterion's table, the
+    network runs with denoising (when its ``dn_number > 0``), and the loss is the criterion's matching / encoder /
+    foreground loss plus :meth:`src.models.focus_detr.criterion.FocusDETRCriterion.denoising_loss`. Built with
+    ``auto_prefix=False``, so parameter names are the network's.
+
+    Args:
+        network: the :class:`FocusDETR` (the same Cell the inference wrapper holds).
+        criterion: a :class:`src.models.focus_detr.criterion.FocusDETRCriterion`.
+
+    Outputs:
+        tuple: ``loss`` float32 scalar and ``loss_terms`` float32 ``[3]`` (final-layer matching terms, unweighted).
+    """
+
+    def __init__(self, network: FocusDETR, criterion: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.criterion = criterion
+        self.use_dn = network.use_dn
+
+    def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
+        if not self.use_dn:
+            outputs = self.network(image, mask)
+            return self.criterion(*outputs, mask, tgt_boxes, tgt_labels, tgt_valid)
+        labels = self.criterion.contiguous_labels(tgt_labels)
+        outputs = self.network(image, mask, tgt_boxes, labels, tgt_valid)
+        loss, loss_terms = self.criterion(outputs[0], outputs[1], outputs[2], outputs[3], outputs[4], outputs[5],
+                                          mask, tgt_boxes, tgt_labels, tgt_valid)
+        dn_loss = self.criterion.denoising_loss(outputs[6], outputs[7], outputs[8], outputs[9], outputs[10],
+                                                outputs[11], outputs[12], outputs[13], tgt_boxes, labels, tgt_valid)
+        return loss + dn_loss, loss_terms
