@@ -31,7 +31,8 @@ def parse_args(argv=None):
     parser.add_argument("--mindrecord_dir", default=None, help="default: OUTPUT_DIR/mindrecord")
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
     parser.add_argument("--pynative", action="store_true")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides; may be given more than once")
     return parser.parse_args(argv)
 
 

@@ -72,6 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--surgery_seed", type=int, default=0, help="seed of the randinit rows (gfsod)")
     parser.add_argument("--delete_checkpoints", action="store_true",
                         help="delete each run's fine-tuned checkpoints once it is evaluated")
+    parser.add_argument("--max_eval_images", type=int, help="evaluate only the first N test images (quick checks)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands; run nothing")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every fine-tune and evaluation")
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
         surgery_ckpt = output_dir / SURGERY_FILE[args.setting]
         runner = SubprocessRunner(configs, args.setting, surgery_ckpt, args.coco_path,
                                   Path(args.mindrecord_dir or output_dir / "mindrecord"), args.device_target,
-                                  list(args.set), train_seed, args.delete_checkpoints, dry_run=args.dry_run)
+                                  list(args.set), train_seed, args.delete_checkpoints, args.max_eval_images,
+                                  dry_run=args.dry_run)
         names = METRICS[(args.dataset, args.setting)]
         logging.info("%d runs: shots %s, seeds %s, %d repeat(s)", len(specs), args.shots, seeds, repeats)
         if args.dry_run:

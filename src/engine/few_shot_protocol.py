@@ -270,6 +270,7 @@ class SubprocessRunner:
         overrides: ``KEY=VALUE`` config overrides for both commands (after the run's own shot/seed ones).
         train_seed: the config's ``train.seed``; repeat r trains with ``train_seed + r``.
         delete_checkpoints: remove the fine-tuned checkpoints once evaluated (DeFRCN's scripts do).
+        max_eval_images: evaluate only the first N images (quick checks; None: the whole test set).
         python: interpreter for the commands.
         dry_run: log the commands instead of running them.
     """
@@ -283,6 +284,7 @@ class SubprocessRunner:
     overrides: Sequence[str] = ()
     train_seed: int = 42
     delete_checkpoints: bool = False
+    max_eval_images: Optional[int] = None
     python: str = sys.executable
     dry_run: bool = False
     commands: List[List[str]] = field(default_factory=list)
@@ -305,10 +307,13 @@ class SubprocessRunner:
         return cmd + ["--set", *self._overrides(spec)]
 
     def eval_command(self, spec: RunSpec, checkpoint: Path) -> List[str]:
-        return [self.python, str(REPO_ROOT / "eval.py"), "--config", str(self.config[spec.shot]),
-                "--coco_path", str(self.coco_path), "--checkpoint", str(checkpoint), "--output_dir",
-                str(spec.eval_dir), "--mindrecord_dir", str(self.mindrecord_dir), "--device_target",
-                self.device_target, "--set", *self._overrides(spec)]
+        cmd = [self.python, str(REPO_ROOT / "eval.py"), "--config", str(self.config[spec.shot]),
+               "--coco_path", str(self.coco_path), "--checkpoint", str(checkpoint), "--output_dir",
+               str(spec.eval_dir), "--mindrecord_dir", str(self.mindrecord_dir), "--device_target",
+               self.device_target]
+        if self.max_eval_images is not None:
+            cmd += ["--max_images", str(self.max_eval_images)]
+        return cmd + ["--set", *self._overrides(spec)]
 
     def _run(self, cmd: List[str], log_path: Path, spec: RunSpec) -> None:
         self.commands.append(cmd)
