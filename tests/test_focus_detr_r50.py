@@ -1,4 +1,5 @@
-"""The published R50 4-scale Focus-DETR config in graph mode on a real coco_tiny image: forward and one step.
+"""The published R50 4-scale Focus-DETR config in graph mode on a real coco_tiny image: forward and one step;
+and the DINO-equivalent encoder (``token_selection=False``) the benchmark compares it with.
 
 ``configs/focus_detr/focus_detr_r50_4scale_12ep.yaml`` is built unchanged (6 + 6 layers, width 256, 900 queries,
 cascade and OESM sizes as published) through ``src.models.build_model``; only the input is small: one real
@@ -10,9 +11,13 @@ full model (about 30 s for the inference graph, 70 s for the training step with 
 image size nor the query counts change much.
 """
 
+import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
+import torch
+from mindspore import Tensor, nn
+from transformers import DeformableDetrConfig
+from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoder
 
 from src.config import load_config
 from src.data.coco import image_dir, load_coco_split
@@ -21,7 +26,10 @@ from src.data.transforms import build_eval_transform, prepare_target
 from src.engine.lr_schedule import build_optimizer
 from src.engine.predict import load_image
 from src.engine.train_step import TrainStep
+from src.layers.ms_deform_attn import level_start_indices
 from src.models import build_model
+from src.models.focus_detr.encoder import FocusDETREncoder
+from src.models.focus_detr.model import encoder_reference_points
 from tests.conftest import REPO_ROOT
 
 CONFIG = REPO_ROOT / "configs" / "focus_detr" / "focus_detr_r50_4scale_12ep.yaml"
@@ -93,3 +101,72 @@ def test_r50_4scale_forward_and_training_step(real_batch):
     frozen = [name for name in before if name not in trainable]
     assert "backbone.body.conv1.weight" in frozen
     assert all(np.array_equal(before[name], after[name]) for name in frozen)
+
+
+DENSE_SHAPES = ((6, 8), (3, 4), (2, 2), (1, 1))
+# transformers' DeformableDetrEncoderLayer name -> ours inside FocusDETREncoder.layers.{i}.
+_HF_TO_OURS = {"self_attn.": "attentions.1.", "self_attn_layer_norm.weight": "norms.0.gamma",
+               "self_attn_layer_norm.bias": "norms.0.beta", "mlp.fc1.": "ffns.0.layers.0.0.",
+               "mlp.fc2.": "ffns.0.layers.1.", "final_layer_norm.weight": "norms.1.gamma",
+               "final_layer_norm.bias": "norms.1.beta"}
+
+
+class _DenseEncoder(nn.Cell):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def construct(self, feat, pos, mask, refs):
+        # The selector inputs are unused without token selection; placeholders of the right kinds.
+        return self.encoder(feat, pos, mask, refs, feat[:, :, 0], mask.astype(ms.int32), (mask,), DENSE_SHAPES)
+
+
+def test_dense_encoder_matches_deformable_detr_encoder():
+    """token_selection=False equals transformers' Deformable DETR encoder (DINO's) with the same random weights."""
+    rng = np.random.default_rng(3)
+    batch, dim, heads, points, ffn, layers = 2, 16, 4, 2, 32, 2
+    tokens = sum(h * w for h, w in DENSE_SHAPES)
+    ours = FocusDETREncoder(nn.Dense(dim, 5), dim, heads, ffn, layers, len(DENSE_SHAPES), points,
+                            token_selection=False)
+    config = DeformableDetrConfig(d_model=dim, encoder_layers=layers, encoder_attention_heads=heads,
+                                  encoder_ffn_dim=ffn, encoder_n_points=points, num_feature_levels=len(DENSE_SHAPES),
+                                  activation_function="relu", dropout=0.0, disable_custom_kernels=True)
+    theirs = DeformableDetrEncoder(config).eval()
+    params = dict(ours.parameters_and_names())
+    copied = set()
+    with torch.no_grad():
+        for name, tensor in theirs.named_parameters():
+            layer, rest = name.removeprefix("layers.").split(".", 1)
+            target = next(rest.replace(k, v, 1) for k, v in _HF_TO_OURS.items() if rest.startswith(k))
+            data = rng.standard_normal(tuple(tensor.shape)).astype(np.float32) * 0.3
+            if "norm" in rest and rest.endswith("weight"):
+                data += 1.0
+            tensor.copy_(torch.from_numpy(data))
+            params[f"layers.{layer}.{target}"].set_data(Tensor(data))
+            copied.add(f"layers.{layer}.{target}")
+    unused = {n for n in params if n not in copied}
+    assert all(".attentions.0." in n or ".norm2." in n or n.startswith("enhance_mcsp.") for n in unused), unused
+
+    # Image 0 fills the pad; image 1 has padding at the bottom/right of every level.
+    level_masks = []
+    for height, width in DENSE_SHAPES:
+        mask = np.zeros((batch, height, width), bool)
+        mask[1, max(1, height - 1):] = True
+        mask[1, :, max(1, width - 1):] = True
+        level_masks.append(mask)
+    mask = np.concatenate([m.reshape(batch, -1) for m in level_masks], axis=1)
+    valid_ratios = np.stack([np.stack([(~m[:, 0, :]).sum(1) / m.shape[2], (~m[:, :, 0]).sum(1) / m.shape[1]], -1)
+                             for m in level_masks], axis=1).astype(np.float32)
+    feat = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
+    pos = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
+    refs = encoder_reference_points(DENSE_SHAPES, Tensor(valid_ratios))
+
+    out = _DenseEncoder(ours)(Tensor(feat), Tensor(pos), Tensor(mask), refs).asnumpy()
+    with torch.no_grad():
+        expected = theirs(inputs_embeds=torch.tensor(feat), attention_mask=torch.tensor(~mask),
+                          spatial_position_embeddings=torch.tensor(pos),
+                          spatial_shapes=torch.tensor(DENSE_SHAPES), spatial_shapes_list=list(DENSE_SHAPES),
+                          level_start_index=torch.tensor(level_start_indices(DENSE_SHAPES)),
+                          valid_ratios=torch.tensor(valid_ratios)).last_hidden_state.numpy()
+    assert np.abs(out - feat).max() > 0.1  # the layers did something
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
