@@ -2,11 +2,13 @@
 
 Measures, at one input size (default 800x1333, detectron2's test size for a landscape COCO image):
 
-* inference, batch 1, eval mode: backbone to res4, decoupled branches, RPN (6000 -> NMS -> 1000 proposals),
-  ROIAlign + res5 head, per-class NMS to 100 detections;
-* one training step, batch 2 (default): base-training settings (60 classes, RPN 12000 -> 2000 proposals, 256
-  anchors and 512 ROIs sampled per image, stem/res2/res3 frozen, GDL lambda 0 / 0.75), forward, the four
-  detectron2 losses, backward and SGD with momentum 0.9 and weight decay 5e-5, compiled as one graph.
+* inference, batch 1, eval mode: the evaluation graph (``InferenceNet``): backbone to res4, decoupled branches,
+  RPN (6000 -> NMS -> 1000 proposals), ROIAlign + res5 head, per-class NMS to 100 detections, rescaling to the
+  original image;
+* one training step, batch 2 (default): the COCO base-training config (60 classes, RPN 12000 -> 2000 proposals,
+  256 anchors and 512 ROIs sampled per image, stem/res2/res3 frozen, GDL lambda 0 / 0.75) through the trainer's
+  ``TrainStep`` with the DeFRCN loss network and the warmup multi-step momentum SGD (``src/engine/sgd.py``):
+  forward, the four detectron2 losses, backward and update, compiled as one graph.
 
 Peak memory and timing follow ``benchmarks/bench_detr.py`` (its helpers are reused): every measurement runs
 in its own subprocess, peak resident set size (``ru_maxrss``) is reported with the RSS before the model is
@@ -35,7 +37,7 @@ import numpy as np
 from benchmarks.bench_detr import _peak_mb, _rss_mb, _time
 
 MEASUREMENTS = ("infer", "train")
-NUM_CLASSES = 60  # COCO base training
+CONFIG = "configs/defrcn/defrcn_det_r101_base_coco.yaml"  # COCO base training, 60 classes
 MAX_BOXES = 100
 NUM_BOXES = 6  # valid ground-truth boxes per training image
 NUM_ANCHORS = 15  # 5 sizes x 3 ratios per res4 position
@@ -51,63 +53,61 @@ def _proposal_counts(height: int, width: int) -> dict:
 
 
 def _targets(batch: int, height: int, width: int, seed: int = 0):
-    """Random ground truth: xyxy pixels, contiguous classes, ``NUM_BOXES`` valid rows of ``MAX_BOXES``."""
+    """Random ground truth in the pipeline's format: normalized cxcywh, COCO base-class ids, ``NUM_BOXES`` valid
+    rows of ``MAX_BOXES``."""
+    from src.data.few_shot import COCO_BASE_IDS
+
     rng = np.random.default_rng(seed)
     boxes = np.zeros((batch, MAX_BOXES, 4), np.float32)
-    x0 = rng.uniform(0, 0.7 * width, (batch, NUM_BOXES))
-    y0 = rng.uniform(0, 0.7 * height, (batch, NUM_BOXES))
-    boxes[:, :NUM_BOXES] = np.stack([x0, y0, x0 + rng.uniform(32, 0.3 * width, x0.shape),
-                                     y0 + rng.uniform(32, 0.3 * height, y0.shape)], axis=-1)
-    classes = np.zeros((batch, MAX_BOXES), np.int32)
-    classes[:, :NUM_BOXES] = rng.integers(0, NUM_CLASSES, (batch, NUM_BOXES))
+    w = rng.uniform(32, 0.3 * width, (batch, NUM_BOXES))
+    h = rng.uniform(32, 0.3 * height, (batch, NUM_BOXES))
+    cx = rng.uniform(0, 0.7 * width, (batch, NUM_BOXES)) + w / 2
+    cy = rng.uniform(0, 0.7 * height, (batch, NUM_BOXES)) + h / 2
+    boxes[:, :NUM_BOXES] = np.stack([cx / width, cy / height, w / width, h / height], axis=-1)
+    labels = np.zeros((batch, MAX_BOXES), np.int32)
+    labels[:, :NUM_BOXES] = rng.choice(COCO_BASE_IDS, (batch, NUM_BOXES))
     valid = np.zeros((batch, MAX_BOXES), bool)
     valid[:, :NUM_BOXES] = True
-    return boxes, classes, valid
+    return boxes, labels, valid
 
 
 def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, warmup: int, iters: int) -> dict:
-    import mindspore as ms
-    from mindspore import Tensor, nn, ops
+    from mindspore import Tensor
 
-    from src.models.defrcn.losses import DeFRCNWithLoss
-    from src.models.defrcn.model import DeFRCN
+    from src.config import load_config
+    from src.engine.evaluate import InferenceNet
+    from src.engine.sgd import build_sgd, scale_schedule
+    from src.engine.train_step import TrainStep
+    from src.models import build_model
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
     base_rss = _rss_mb()
     proposals = _proposal_counts(height, width)
-    network = DeFRCN(NUM_CLASSES, depth=depth, rcnn_backward_scale=0.75, **proposals)
+    cfg = load_config(CONFIG, [f"model.depth={depth}"] + [f"model.{k}={v}" for k, v in proposals.items()])
+    detector = build_model(cfg)
     rng = np.random.default_rng(0)
     image = Tensor(rng.standard_normal((batch, 3, height, width)).astype(np.float32) * 50.0)
-    sizes = Tensor(np.tile(np.array([[height, width]], np.float32), (batch, 1)))
+    mask = Tensor(np.zeros((batch, height, width), bool))
     if train:
-        loss_net = DeFRCNWithLoss(network, NUM_CLASSES)
-        optimizer = nn.SGD(network.trainable_params(), learning_rate=0.02, momentum=0.9, weight_decay=5e-5)
-
-        class SGDStep(nn.Cell):
-            def __init__(self):
-                super().__init__(auto_prefix=False)
-                self.loss_net = loss_net
-                self.optimizer = optimizer
-                self.grad_fn = ms.value_and_grad(loss_net, None, optimizer.parameters, has_aux=True)
-
-            def construct(self, *inputs):
-                (loss, terms), grads = self.grad_fn(*inputs)
-                return ops.depend(loss, self.optimizer(grads)), terms
-
-        step_cell = SGDStep()
+        train_cfg = cfg["train"]
+        optimizer = build_sgd(detector.network, train_cfg, scale_schedule(train_cfg, batch))
+        step_cell = TrainStep(detector.network, None, optimizer, clip_max_norm=train_cfg["clip_max_norm"],
+                              loss_network=detector.loss_network)
         step_cell.set_train(True)
         targets = [Tensor(t) for t in _targets(batch, height, width)]
 
         def step():
-            loss, _ = step_cell(image, sizes, *targets)
+            loss, _, _ = step_cell(image, mask, *targets)
             loss.asnumpy()
     else:
-        network.set_train(False)
+        net = InferenceNet(detector.network, detector.postprocess)
+        net.set_train(False)
+        orig_size = Tensor(np.tile(np.array([[height, width]], np.int32), (batch, 1)))
 
         def step():
-            boxes, *_ = network(image, sizes)
-            boxes.asnumpy()
+            scores, _, _ = net(image, mask, orig_size)
+            scores.asnumpy()
 
     warm, per_step = _time(step, warmup, iters)
     return {"batch": batch, "depth": depth, **proposals, "warmup_s": warm, "step_s": per_step,
