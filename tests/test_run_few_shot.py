@@ -170,3 +170,23 @@ def test_subprocess_runner_commands_resume_and_skip_training(tmp_path):
     gfsod(single)
     assert "--pretrained_partial" not in gfsod.commands[0]
     assert gfsod.commands[0][gfsod.commands[0].index("--set") + 1:] == ["data.shot=1", "data.seed=7"]
+
+
+def test_cli_dry_run_resolves_the_shipped_configs(tmp_path, caplog, capsys):
+    from tools.run_few_shot import main
+
+    common = ["--base_ckpt", str(tmp_path / "base.ckpt"), "--coco_path", "/data", "--output_dir", str(tmp_path),
+              "--dry_run"]
+    with caplog.at_level("INFO"):
+        assert main(["--dataset", "coco", "--setting", "fsod", "--shots", "1", "30", *common]) == 0
+    commands = [r.getMessage() for r in caplog.records if r.getMessage().startswith("would run: ")]
+    assert len(commands) == 2 * 2 * 10  # train + eval, 2 shots, FSRW-like default: seed 0 repeated 10 times
+    assert "defrcn_fsod_r101_novel_coco_30shot.yaml" in commands[3] and "train.seed=51" in commands[-1]
+    assert "remove" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["--dataset", "voc", "--split", "3", "--setting", "gfsod", "--shots", "5", *common]) == 0
+    commands = [r.getMessage() for r in caplog.records if r.getMessage().startswith("would run: ")]
+    assert len(commands) == 2 * 10 and "defrcn_gfsod_r101_novel3_voc_5shot.yaml" in commands[0]  # seeds 0-9
+    assert main(["--dataset", "voc", "--split", "1", "--setting", "fsod", "--shots", "30", *common]) == 1
+    assert "no fine-tune config for 30-shot voc fsod" in capsys.readouterr().err
