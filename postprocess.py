@@ -4,8 +4,10 @@
 
 Reads ``RESULT_DIR/manifest.txt`` and, per image, ``<id>_0.bin`` scores, ``<id>_1.bin`` labels and
 ``<id>_2.bin`` boxes. The boxes are already in original-image pixels (xyxy): the exported graph contains the
-post-process, which scales by the orig_size input, so nothing is mapped back here. Writes
-``bbox_results.json`` (COCO results) and ``metrics.json`` into OUT (default: RESULT_DIR).
+post-process, which scales by the orig_size input, so nothing is mapped back here. Labels are COCO category ids
+for every model; detections are kept or dropped by eval.py's rule (DETR's no-object label 91 and negative labels,
+DeFRCN's empty slots, are dropped), so the config is read for validation only and the numbers equal eval.py's.
+Writes ``bbox_results.json`` (COCO results) and ``metrics.json`` into OUT (default: RESULT_DIR).
 """
 
 import argparse
@@ -29,9 +31,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    load_config(args.config, args.set)
     output_dir = args.output_dir or args.result_dir
-    stats = postprocess_results(args.result_dir, args.ann_file, output_dir, cfg["model"]["num_classes"])
+    stats = postprocess_results(args.result_dir, args.ann_file, output_dir)
     print(json.dumps({"bbox": stats}, indent=1))
     print(f"bbox_results.json and metrics.json in {output_dir}")
     return stats

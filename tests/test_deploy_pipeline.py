@@ -36,6 +36,7 @@ from src.runtime import prefer_avx2_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
+FOCUS_TINY = "configs/focus_detr/focus_detr_tiny.yaml"
 NUM_IMAGES = 8
 
 
@@ -129,33 +130,54 @@ def test_preprocess_files_follow_the_protocol(pipeline, shared_data):
             assert tensor_path(result_dir, stem, index).is_file()
 
 
-def test_postprocess_scores_ground_truth_boxes_as_perfect(tmp_path, shared_data):
-    """Outputs built from the annotations (xyxy original pixels, score 1) must score AP = AR = 1."""
-    ann_file = shared_data / "coco_tiny" / "annotations" / "instances_val2017.json"
-    data = json.loads(ann_file.read_text())
-    num_queries, no_object = 100, 91
+def _ground_truth_results(result_dir, data, image_ids, num_queries=100, no_object=91):
+    """Write runner outputs made from the annotations (xyxy original pixels, score 1) for ``image_ids``."""
+    Path(result_dir).mkdir(parents=True, exist_ok=True)
     stems = []
-    for image in data["images"][:5]:
-        anns = [a for a in data["annotations"] if a["image_id"] == image["id"] and not a.get("iscrowd", 0)]
+    for image_id in image_ids:
+        anns = [a for a in data["annotations"] if a["image_id"] == image_id and not a.get("iscrowd", 0)]
         scores = np.zeros((1, num_queries), np.float32)
         labels = np.full((1, num_queries), no_object, np.int32)
         boxes = np.zeros((1, num_queries, 4), np.float32)
         for row, ann in enumerate(anns):
             x, y, w, h = ann["bbox"]
             scores[0, row], labels[0, row], boxes[0, row] = 1.0, ann["category_id"], [x, y, x + w, y + h]
-        stem = image_stem(image["id"])
+        stem = image_stem(image_id)
         for index, array in enumerate((scores, labels, boxes)):
-            write_tensor(tensor_path(tmp_path, stem, index), array)
+            write_tensor(tensor_path(result_dir, stem, index), array)
         stems.append(stem)
-    write_manifest(tmp_path, stems)
+    write_manifest(result_dir, stems)
+    return stems
+
+
+def test_postprocess_scores_ground_truth_boxes_as_perfect(tmp_path, shared_data):
+    """Outputs built from the annotations (xyxy original pixels, score 1) must score AP = AR = 1."""
+    ann_file = shared_data / "coco_tiny" / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    stems = _ground_truth_results(tmp_path, data, [image["id"] for image in data["images"][:5]])
     stats = postprocess_results(tmp_path, ann_file, tmp_path / "out")
     assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
     results = json.loads((tmp_path / "out" / "bbox_results.json").read_text())
-    assert all(r["category_id"] != no_object for r in results)
+    assert all(r["category_id"] != 91 for r in results)
 
     (tmp_path / f"{stems[0]}_2.bin").write_bytes(b"\x00" * 12)
     with pytest.raises(DeployError, match=f"{stems[0]}_2.bin' holds 12 bytes"):
         postprocess_results(tmp_path, ann_file, tmp_path / "out")
+
+
+def test_postprocess_cli_keeps_every_coco_id_for_focus_detr(tmp_path, shared_data):
+    """Focus-DETR has 80 sigmoid classes but labels detections with raw COCO ids up to 90: none may be dropped."""
+    ann_file = shared_data / "coco_tiny" / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    high = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] >= 80 and not a.get("iscrowd", 0)})
+    _ground_truth_results(tmp_path / "result", data, high[:5])
+    out = _run(["postprocess.py", "--config", FOCUS_TINY, "--result_dir", str(tmp_path / "result"), "--ann_file",
+                str(ann_file), "--output_dir", str(tmp_path / "post")])
+    assert len([line for line in out.splitlines() if "Average Precision" in line]) == 6
+    metrics = json.loads((tmp_path / "post" / "metrics.json").read_text())
+    assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AR100"] == pytest.approx(1.0)
+    results = json.loads((tmp_path / "post" / "bbox_results.json").read_text())
+    assert any(r["category_id"] >= 80 for r in results)
 
 
 def test_missing_manifest_names_the_step_that_writes_it(tmp_path):

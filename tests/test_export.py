@@ -1,7 +1,8 @@
 """export.py: the exported inference graph equals InferenceNet on a real image; formats, sizes and failures.
 
 One tiny DETR (random init, configs/detr/detr_tiny.yaml, 160 px) is saved, exported through the CLI and
-loaded back with ``ms.load`` + ``nn.GraphCell``, i.e. without any Python model code.
+loaded back with ``ms.load`` + ``nn.GraphCell``, i.e. without any Python model code. The same holds for the
+tiny Focus-DETR (through the CLI) and for DETR-R50 (random weights, a 256 px export shape, in-process).
 """
 
 import os
@@ -19,7 +20,7 @@ from src.config import load_config
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.deploy.bin_io import DeployError
-from src.deploy.export import export_graph, output_path, resolve_image_size
+from src.deploy.export import example_inputs, export_graph, output_path, resolve_image_size
 from src.engine.checkpoint import save_checkpoint
 from src.engine.predict import load_image
 from src.models import build_model
@@ -27,6 +28,10 @@ from src.runtime import prefer_avx2_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
+FOCUS_TINY = "configs/focus_detr/focus_detr_tiny.yaml"
+DETR_R50 = "configs/detr/detr_r50.yaml"
+# R50 at a small export shape: the eval resize and the single pad bucket shrink together.
+R50_SMALL = ["data.eval_size=192", "data.eval_max_size=256", "data.eval_pad_buckets=[[256, 256]]"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,14 +55,15 @@ def tiny(tmp_path_factory):
     return {"cfg": cfg, "checkpoint": checkpoint, "net": build_inference_net(cfg, checkpoint), "dir": folder}
 
 
-@pytest.fixture(scope="module")
-def real_input(shared_data, tiny):
-    """A portrait coco_tiny val image at eval settings, padded to the 160x160 export shape (so mask has padding)."""
+def _padded_real_image(shared_data, data_cfg):
+    """A portrait coco_tiny val image at ``data_cfg``'s eval settings, padded to its single eval bucket.
+
+    Returns (image float32 [1, 3, H, W], mask bool [1, H, W], orig_size int32 [1, 2]); the mask has padding.
+    """
     path = shared_data / "coco_tiny" / "val2017" / "000000005001.jpg"
     image = load_image(path)
     if image.shape[0] <= image.shape[1]:
         image = np.ascontiguousarray(image.transpose(1, 0, 2))
-    data_cfg = tiny["cfg"]["data"]
     resized, _, _ = build_eval_transform(data_cfg)(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int32), None)
     size = np.array(image.shape[:2], np.int32)
     batch = BatchPadder(data_cfg["eval_pad_buckets"], max_boxes=1)(
@@ -65,6 +71,25 @@ def real_input(shared_data, tiny):
         [np.array(resized.shape[1:], np.int32)])
     assert batch[1].any() and not batch[1].all()  # both real pixels and padding
     return batch[0], batch[1], size[None]
+
+
+def _assert_graph_equals_net(graph, net, real_input, num_outputs):
+    """The loaded graph's (scores, labels, boxes) equal the InferenceNet's: shapes, dtypes, values within 1e-5."""
+    inputs = [ms.Tensor(a) for a in real_input]
+    expected = [t.asnumpy() for t in net(*inputs)]
+    got = [t.asnumpy() for t in graph(*inputs)]
+    assert [g.shape for g in got] == [(1, num_outputs), (1, num_outputs), (1, num_outputs, 4)]
+    assert [g.dtype for g in got] == [np.float32, np.int32, np.float32]
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[2], expected[2], rtol=0, atol=1e-5 * float(real_input[2].max()))
+    return got
+
+
+@pytest.fixture(scope="module")
+def real_input(shared_data, tiny):
+    """The real image at the tiny DETR's eval settings, padded to its 160x160 export shape."""
+    return _padded_real_image(shared_data, tiny["cfg"]["data"])
 
 
 def _run_cli(args, cwd=ROOT):
@@ -86,17 +111,43 @@ def test_mindir_graphcell_equals_inference_net_on_a_real_image(tiny, exported, r
     assert sorted(p.name for p in exported["dir"].iterdir()) == ["detr_tiny.mindir"]  # no temp file, no .mindir.mindir
     assert "[1, 3, 160, 160]" in exported["stdout"]
     graph = nn.GraphCell(ms.load(str(exported["path"])))
-    inputs = [ms.Tensor(a) for a in real_input]
-    expected = [t.asnumpy() for t in tiny["net"](*inputs)]
-    got = [t.asnumpy() for t in graph(*inputs)]
-    num_queries = tiny["cfg"]["model"]["num_queries"]
-    assert [g.shape for g in got] == [(1, num_queries), (1, num_queries), (1, num_queries, 4)]
-    assert [g.dtype for g in got] == [np.float32, np.int32, np.float32]
-    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(got[1], expected[1])
-    np.testing.assert_allclose(got[2], expected[2], rtol=0, atol=1e-5 * float(real_input[2].max()))
+    got = _assert_graph_equals_net(graph, tiny["net"], real_input, tiny["cfg"]["model"]["num_queries"])
     # Boxes come out scaled to the original image (480x640 here), far beyond the 160 px input.
     assert got[2][..., 2:].max() > 160
+
+
+def test_focus_detr_mindir_through_the_cli_equals_inference_net(tmp_path, shared_data):
+    from src.data.coco_classes import COCO_CATEGORY_NAMES
+    from src.deploy.export import build_inference_net
+
+    cfg = load_config(ROOT / FOCUS_TINY)
+    ms.set_seed(4)
+    checkpoint = save_checkpoint(tmp_path / "focus_tiny.ckpt", build_model(cfg).network)
+    proc = _run_cli(["export.py", "--config", FOCUS_TINY, "--checkpoint", str(checkpoint), "--file_name",
+                     str(tmp_path / "export" / "focus_tiny")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["focus_tiny.mindir"]
+    graph = nn.GraphCell(ms.load(str(tmp_path / "export" / "focus_tiny.mindir")))
+    real_input = _padded_real_image(shared_data, cfg["data"])
+    got = _assert_graph_equals_net(graph, build_inference_net(cfg, checkpoint), real_input,
+                                   cfg["model"]["num_select"])
+    # Sigmoid top-k detections sorted by score, labelled with raw COCO category ids.
+    assert np.all(np.diff(got[0][0]) <= 0)
+    assert set(got[1][0].tolist()) <= set(COCO_CATEGORY_NAMES)
+
+
+def test_detr_r50_mindir_equals_inference_net(tmp_path, shared_data):
+    from src.engine.evaluate import InferenceNet
+
+    cfg = load_config(ROOT / DETR_R50, R50_SMALL)
+    ms.set_seed(6)
+    detector = build_model(cfg)
+    net = InferenceNet(detector.network, detector.postprocess)
+    net.set_train(False)
+    height, width = resolve_image_size(cfg)
+    path = export_graph(net, example_inputs(height, width), tmp_path / "detr_r50", "MINDIR")
+    real_input = _padded_real_image(shared_data, cfg["data"])
+    _assert_graph_equals_net(nn.GraphCell(ms.load(str(path))), net, real_input, cfg["model"]["num_queries"])
 
 
 def test_onnx_export_runs_in_onnxruntime_or_fails_with_the_exporters_message(tiny, real_input, tmp_path):
