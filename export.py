@@ -7,7 +7,8 @@ Inputs of the exported graph: image float32 [B, 3, H, W], mask bool [B, H, W] (T
 int32 [B, 2] (h, w); outputs: scores float32 [B, Q], labels int32 [B, Q], boxes float32 [B, Q, 4] xyxy in
 original-image pixels. (H, W) defaults to the largest ``data.eval_pad_buckets`` entry; see
 src/deploy/export.py for the size rule. MINDIR works on every device, AIR only with Ascend, ONNX only where
-MindSpore's ONNX exporter supports every operator (DETR's does not yet: the exporter's error is shown).
+MindSpore's ONNX exporter supports every operator (not yet for DETR or Focus-DETR: MindSpore 2.10 cannot
+export ``Rsqrt``; the exporter's error is shown). Any model of ``src.models.build_model`` exports the same way.
 """
 
 import argparse
