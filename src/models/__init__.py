@@ -59,16 +59,19 @@ def build_model(cfg: dict, distributed: bool = False) -> Detector:
         return Detector(network, criterion, PostProcess(), ("loss_ce", "loss_bbox", "loss_giou"))
     if name == "focus_detr":
         from src.models.focus_detr.criterion import build_criterion as build_focus_criterion
-        from src.models.focus_detr.model import FocusDETR, FocusDETRWithImageMask
+        from src.models.focus_detr.model import FocusDETR, FocusDETRWithImageMask, FocusDETRWithLoss
         from src.models.focus_detr.postprocess import FocusDetectorPostProcess
 
         model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_loss", "num_select")}
         model_cfg["cascade"] = tuple(model_cfg["cascade"])
-        network = FocusDETRWithImageMask(FocusDETR(**model_cfg))
+        focus_detr = FocusDETR(**model_cfg)
+        network = FocusDETRWithImageMask(focus_detr)
         criterion = build_focus_criterion(num_classes=model_cfg["num_classes"], aux_loss=cfg["model"]["aux_loss"],
                                           distributed=distributed, **cfg["loss"])
         postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"])
-        return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"))
+        # Training runs the denoising queries, which need the targets inside the forward pass.
+        return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"),
+                        FocusDETRWithLoss(focus_detr, criterion))
     if name == "defrcn":
         from src.data.sources import detector_class_ids
         from src.models.defrcn.detector import LOSS_NAMES, build_defrcn

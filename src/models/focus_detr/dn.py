@@ -62,7 +62,7 @@ def denoising_layout(tgt_valid, dn_number: int):
             - has_gt (Tensor[bool]): scalar, True when the batch has at least one box.
     """
     num_slots = num_denoising_slots(dn_number, tgt_valid.shape[1])
-    counts = tgt_valid.astype(ms.int32).sum(axis=1)
+    counts = tgt_valid.astype(ms.int32).sum(axis=1).astype(ms.int32)
     largest = counts.max()
     max_gt = ops.maximum(largest, 1)
     groups = ops.maximum(ops.floor_div(dn_number, max_gt), 1)
@@ -88,7 +88,7 @@ def denoising_attention_mask(group, num_queries: int):
         Tensor[bool]: ``[S + Q, S + Q]``, True where the row query may not attend to the column key.
     """
     num_slots = group.shape[0]
-    owner = ops.concat((group, ops.full((num_queries,), -1, dtype=ms.int32)))
+    owner = ops.concat((group.astype(ms.int32), ops.full((num_queries,), -1, dtype=ms.int32)))
     key_is_dn = ops.concat((ops.ones((num_slots,), ms.bool_), ops.zeros((num_queries,), ms.bool_)))
     return ops.logical_and(key_is_dn.expand_dims(0), owner.expand_dims(1) != owner.expand_dims(0))
 
