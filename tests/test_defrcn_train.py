@@ -135,7 +135,8 @@ def test_tiny_base_training_halves_its_loss_then_surgery_and_finetune(tmp_path, 
     result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
     losses = np.asarray(result["losses"])
     assert len(losses) == 40 and np.all(np.isfinite(losses))
-    assert losses[-10:].mean() <= 0.5 * losses[:5].mean(), losses
+    # Against the first step's loss, not a mean over early steps: random init spikes the loss in steps 3-5.
+    assert losses[-10:].mean() <= 0.5 * losses[0], losses
     base_ckpt = Path(result["checkpoint"])
     # One batch per epoch here: checkpoints every 15 iterations and at the last one, named <epoch>_<step>.
     assert sorted(p.name for p in base_ckpt.parent.glob("*.ckpt")) == ["defrcn-15_15.ckpt", "defrcn-30_30.ckpt",
