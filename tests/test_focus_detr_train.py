@@ -233,10 +233,11 @@ def test_loss_terms_and_total_match_a_torch_transcription():
 def trained_tiny(tmp_path_factory, shared_data):
     tmp_path = tmp_path_factory.mktemp("focus_train")
     # Denoising is on (the tiny config's dn_number 20): the trainer trains through the detector's loss network.
-    # One step per epoch here, so the lr drop is moved past the run.
-    cfg = load_config(TINY, ["train.checkpoint_interval=1000", "train.epochs=1000", "train.lr_drop=1000"])
+    # One step per epoch here: the lr drops after 60 of the 100 steps. Seeded (initialization and denoising noise).
+    cfg = load_config(TINY, ["train.checkpoint_interval=1000", "train.epochs=1000", "train.lr_drop=60"])
+    ms.set_seed(cfg["train"]["seed"])
     opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
-                        max_steps=80, max_images=2)
+                        max_steps=100, max_images=2)
     result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
     return cfg, result, tmp_path
 
