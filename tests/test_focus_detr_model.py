@@ -165,3 +165,17 @@ def test_gradients_reach_fts_alpha_and_class_heads(tiny_model, coco_batch):
         assert np.isfinite(grads[name]).all(), name
         assert np.abs(grads[name]).max() > 0, name
     assert all(np.isfinite(g).all() for g in grads.values())
+
+
+def test_dense_encoder_variant_loads_the_same_weights_and_runs(tiny_model, coco_batch):
+    # token_selection=False: the DINO-equivalent encoder (inference-cost baseline) with the same parameter set.
+    dense = FocusDETR(num_classes=NUM_CLASSES, embed_dim=32, num_heads=4, enc_layers=2, dec_layers=DEC_LAYERS,
+                      feedforward_dim=64, num_queries=NUM_QUERIES, oesm_topk=16, token_selection=False)
+    not_loaded = ms.load_param_into_net(dense, {p.name: p for p in tiny_model.get_parameters()}, strict_load=True)
+    assert not_loaded == ([], [])
+    dense.set_train(False)
+    tiny_model.set_train(False)
+    logits, boxes, _, _, fg_logits, _ = dense(*coco_batch)
+    assert np.isfinite(logits.asnumpy()).all() and np.isfinite(boxes.asnumpy()).all()
+    np.testing.assert_array_equal(fg_logits.asnumpy(), 0.0)  # the selector does not run
+    assert not np.allclose(logits.asnumpy(), tiny_model(*coco_batch)[0].asnumpy(), atol=1e-4)
