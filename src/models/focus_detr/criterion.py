@@ -62,7 +62,8 @@ def level_shapes_of(image_hw: Tuple[int, int], num_levels: int) -> Tuple[Tuple[i
 
 
 class FocusDETRCriterion(nn.Cell):
-    """Weighted Focus-DETR loss (decoder layers, encoder proposals, foreground supervision).
+    """Weighted Focus-DETR loss (decoder layers, encoder proposals, foreground supervision; denoising groups in
+    :meth:`denoising_loss`).
 
     Args:
         num_classes: ``K`` contiguous sigmoid classes of the heads (80 for COCO).

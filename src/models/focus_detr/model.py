@@ -1,10 +1,10 @@
 """Focus-DETR detector (Zheng et al., ICCV 2023): backbone, neck, FTS, Focus encoder, two-stage DINO decoder.
 
-Follows detrex ``projects/focus_detr/modeling/focus_detr.py`` (``FOCUS_DETR.forward`` without denoising) and
+Follows detrex ``projects/focus_detr/modeling/focus_detr.py`` (``FOCUS_DETR.forward``) and
 ``focus_detr_transformer.py`` (``FOCUS_DETRTransformer.forward``):
 
-1. backbone res3-5 -> ChannelMapper (4 levels, strides 8-64); per level the padding mask (nearest resize) and
-   the detrex sine position embedding (normalized, offset -0.5);
+1. backbone (ResNet res3-5 or Swin stages 1-3) -> ChannelMapper (4 levels, strides 8-64); per level the padding
+   mask (nearest resize) and the detrex sine position embedding (normalized, offset -0.5);
 2. flatten; ``gen_encoder_output_proposals`` on ``features + position`` gives the processed tokens the
    foreground token selector scores (top-down modulation with ``alpha``), then the cascade top-k;
 3. Focus encoder over the selected tokens (:mod:`.encoder`);
