@@ -29,12 +29,10 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-from benchmarks.bench_detr import _peak_mb, _rss_mb, _time
+from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss_mb, time_steps
 
 MEASUREMENTS = ("infer", "train")
 CONFIG = "configs/defrcn/defrcn_det_r101_base_coco.yaml"  # COCO base training, 60 classes
@@ -82,7 +80,7 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
     proposals = _proposal_counts(height, width)
     cfg = load_config(CONFIG, [f"model.depth={depth}"] + [f"model.{k}={v}" for k, v in proposals.items()])
     detector = build_model(cfg)
@@ -109,22 +107,16 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
             scores, _, _ = net(image, mask, orig_size)
             scores.asnumpy()
 
-    warm, per_step = _time(step, warmup, iters)
+    warm, per_step = time_steps(step, warmup, iters)
     return {"batch": batch, "depth": depth, **proposals, "warmup_s": warm, "step_s": per_step,
-            "images_per_s": batch / per_step, "base_rss_mb": base_rss, "peak_rss_mb": _peak_mb()}
+            "images_per_s": batch / per_step, "base_rss_mb": base_rss, "peak_rss_mb": peak_mb()}
 
 
 def _measure(name: str, args) -> dict:
     batch = args.train_batch if name == "train" else 1
-    cmd = [sys.executable, "-m", "benchmarks.bench_defrcn", "--worker", name, "--height", str(args.height),
-           "--width", str(args.width), "--depth", str(args.depth), "--train_batch", str(batch),
-           "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
+    return measure_in_subprocess("benchmarks.bench_defrcn", name, [
+        "--height", args.height, "--width", args.width, "--depth", args.depth, "--train_batch", batch,
+        "--warmup", args.warmup, "--iters", args.iters])
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +132,7 @@ def main(argv=None) -> None:
     if args.worker:
         result = run_mindspore(args.worker == "train", args.height, args.width, args.train_batch, args.depth,
                                args.warmup, args.iters)
-        print("RESULT " + json.dumps(result), flush=True)
+        print_result(result)
         return
 
     results = {}

@@ -22,27 +22,13 @@ size (e.g. ``--height 384 --width 512 --only torch_train ms_train``).
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
-import time
 
 import numpy as np
 
+from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss_mb, time_steps
+
 MEASUREMENTS = ("ms_infer", "torch_infer", "torch_train", "ms_train")
 NUM_BOXES = 6  # valid targets per training image; max_boxes padding as in the configs
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _targets(batch: int, max_boxes: int, seed: int = 0):
@@ -57,17 +43,6 @@ def _targets(batch: int, max_boxes: int, seed: int = 0):
     return boxes, labels, valid
 
 
-def _time(step, warmup: int, iters: int):
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    return warm, (time.perf_counter() - start) / iters
-
-
 def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
     import mindspore as ms
 
@@ -79,7 +54,7 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
     cfg = load_config(os.path.join("configs", "detr", "detr_r50.yaml"))
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
     network = build_detr(**model_cfg)
@@ -103,9 +78,9 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
             logits, _ = network(image, mask)
             logits.asnumpy()
 
-    warm, per_step = _time(step, warmup, iters)
+    warm, per_step = time_steps(step, warmup, iters)
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
-            "base_rss_mb": base_rss, "peak_rss_mb": _peak_mb()}
+            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb()}
 
 
 def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
@@ -113,7 +88,7 @@ def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> 
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
     torch.manual_seed(0)
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
     config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91,
                         backbone_config=ResNetConfig(out_features=["stage4"]), auxiliary_loss=train)
     model = DetrForObjectDetection(config)
@@ -143,25 +118,20 @@ def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> 
             with torch.no_grad():
                 model(image, pixel_mask=pixel_mask)
 
-    warm, per_step = _time(step, warmup, iters)
+    warm, per_step = time_steps(step, warmup, iters)
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
-            "base_rss_mb": base_rss, "peak_rss_mb": _peak_mb(), "threads": torch.get_num_threads()}
+            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(), "threads": torch.get_num_threads()}
 
 
 def _worker(args) -> None:
     runner = run_mindspore if args.worker.startswith("ms") else run_torch
     result = runner(args.worker.endswith("train"), args.height, args.width, args.warmup, args.iters)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def _measure(name: str, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_detr", "--worker", name, "--height", str(args.height),
-           "--width", str(args.width), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return measure_in_subprocess("benchmarks.bench_detr", name, ["--height", args.height, "--width", args.width,
+                                                                 "--warmup", args.warmup, "--iters", args.iters])
 
 
 def main(argv=None) -> None:

@@ -25,13 +25,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 from typing import Sequence, Tuple
 
 import numpy as np
 
-from benchmarks.bench_detr import _peak_mb, _rss_mb, _time
+from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss_mb, time_steps
 
 CONFIG = os.path.join("configs", "focus_detr", "focus_detr_r50_4scale_12ep.yaml")
 MEASUREMENTS = ("focus", "dense")
@@ -96,7 +94,7 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
     cfg = load_config(CONFIG, [f"model.token_selection={str(token_selection).lower()}"])
     network = build_model(cfg).network
     network.set_train(False)
@@ -106,21 +104,15 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
     def step():
         network(image, mask)[0].asnumpy()
 
-    warm, per_step = _time(step, warmup, iters)
+    warm, per_step = time_steps(step, warmup, iters)
     return {"warmup_s": warm, "step_s": per_step, "images_per_s": 1.0 / per_step, "base_rss_mb": base_rss,
-            "peak_rss_mb": _peak_mb(),
+            "peak_rss_mb": peak_mb(),
             "encoder_gflops": encoder_gflops(level_shapes(height, width), cfg["model"], token_selection)}
 
 
 def _measure(name: str, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_focus_detr", "--worker", name, "--height", str(args.height),
-           "--width", str(args.width), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
+    return measure_in_subprocess("benchmarks.bench_focus_detr", name, ["--height", args.height, "--width", args.width,
+                                                                       "--warmup", args.warmup, "--iters", args.iters])
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,7 +124,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         result = run(args.worker == "focus", args.height, args.width, args.warmup, args.iters)
-        print("RESULT " + json.dumps(result), flush=True)
+        print_result(result)
         return
 
     results = {}
