@@ -14,9 +14,8 @@ weights: speed does not depend on the values. Run from the repository root::
 
     python -m benchmarks.bench_detr [--iters 3] [--height 800 --width 1066] [--only ms_infer torch_infer]
 
-Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, was killed for memory on a
-23 GB host (inference alone peaked at about 8 GB RSS), so on small hosts run the training rows at a reduced
-size (e.g. ``--height 384 --width 512 --only torch_train ms_train``).
+Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, peaks at about 11 GB RSS; on
+smaller hosts run the training rows at a reduced size (``--height 384 --width 512 --only torch_train ms_train``).
 """
 
 import argparse
