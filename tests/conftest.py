@@ -20,13 +20,17 @@ def shared_data() -> Path:
 
 
 def pytest_configure(config):
-    """CPU for the whole session: MindSpore accepts the device only before its first kernel runs."""
+    """CPU and graph mode for the whole session: MindSpore accepts the device only before its first kernel runs,
+    and module-scoped fixtures are set up before any per-test fixture."""
     prefer_avx2_cpu_kernels()
     ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 @pytest.fixture(autouse=True)
 def graph_mode():
-    """Every test starts in graph mode; a test may switch to PyNative for itself."""
+    """Every test starts in graph mode and leaves it in graph mode (so the next module's fixtures get it too);
+    a test may switch to PyNative for itself."""
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
+    ms.set_context(mode=ms.GRAPH_MODE)

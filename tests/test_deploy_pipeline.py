@@ -32,7 +32,6 @@ from src.deploy.pipeline import postprocess_results
 from src.engine.checkpoint import save_checkpoint
 from src.engine.evaluate import evaluate_coco
 from src.models import build_model
-from src.runtime import prefer_avx2_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
@@ -45,14 +44,6 @@ def _run(args):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cpu_before_module_fixtures():
-    """Graph mode on CPU before module fixtures run kernels (MindSpore refuses a later first set_device)."""
-    prefer_avx2_cpu_kernels()
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
 
 
 @pytest.fixture(scope="module")

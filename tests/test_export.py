@@ -24,7 +24,6 @@ from src.deploy.export import example_inputs, export_graph, output_path, resolve
 from src.engine.checkpoint import save_checkpoint
 from src.engine.predict import load_image
 from src.models import build_model
-from src.runtime import prefer_avx2_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
@@ -32,15 +31,6 @@ FOCUS_TINY = "configs/focus_detr/focus_detr_tiny.yaml"
 DETR_R50 = "configs/detr/detr_r50.yaml"
 # R50 at a small export shape: the eval resize and the single pad bucket shrink together.
 R50_SMALL = ["data.eval_size=192", "data.eval_max_size=256", "data.eval_pad_buckets=[[256, 256]]"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cpu_before_module_fixtures():
-    """Pin graph mode on CPU before the module fixtures run kernels (conftest's per-test fixture comes later,
-    and MindSpore refuses a first ``set_device`` once the runtime is up)."""
-    prefer_avx2_cpu_kernels()
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,9 @@ from src.deploy.bin_io import input_specs, read_manifest, read_tensor, tensor_pa
 from src.deploy.pipeline import preprocess_split
 from src.engine.checkpoint import save_checkpoint
 from src.models import build_model
-from src.runtime import prefer_avx2_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/defrcn/defrcn_tiny_base_coco.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cpu_before_module_fixtures():
-    """Pin graph mode on CPU before the module fixtures run kernels (conftest's per-test fixture comes later)."""
-    prefer_avx2_cpu_kernels()
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
 
 
 @pytest.fixture(scope="module")
