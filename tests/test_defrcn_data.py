@@ -174,7 +174,9 @@ def test_prepared_coco_k_shot_split_through_the_pipeline(tmp_path, shared_data):
 
 
 # ------------------------------------------------------------------------------------------------------ VOC
-def _xml_objects(devkit, file_id):
+def voc_object_names(devkit, file_id):
+    """Class names of the top-level objects of VOC image ``file_id``, read with a regex over its XML (independent
+    of src.data.voc's parser)."""
     year = 2012 if "_" in file_id else 2007
     text = (devkit / f"VOC{year}" / "Annotations" / f"{file_id}.xml").read_text()
     blocks = [re.sub(r"<part>.*?</part>", "", b, flags=re.S) for b in re.findall(r"<object>(.*?)</object>", text,
@@ -192,7 +194,7 @@ def test_voc_trainval_union_through_mindrecord(tmp_path, shared_data):
         got = {voc_file_id(k): v for k, v in _valid_labels(batches).items()}
         expected = {}
         for file_id in listed:
-            ids = sorted(1 + VOC_CLASSES.index(n) for n in _xml_objects(devkit, file_id) if n in keep)
+            ids = sorted(1 + VOC_CLASSES.index(n) for n in voc_object_names(devkit, file_id) if n in keep)
             if ids:
                 expected[file_id] = ids
         assert got == expected, classes  # difficult objects included, as detectron2 trains on them
@@ -203,7 +205,7 @@ def test_voc_trainval_union_through_mindrecord(tmp_path, shared_data):
     assert [r.file_id for r in records] == (devkit / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()
     assert sum(int(r.difficult.sum()) for r in records) == 2
     assert {VOC_ALL_SPLIT1[k] for r in records for k in r.labels} == {
-        n for r in records for n in _xml_objects(devkit, r.file_id)}
+        n for r in records for n in voc_object_names(devkit, r.file_id)}
 
 
 def test_voc_few_shot_instance_records(tmp_path, shared_data):

@@ -12,6 +12,7 @@ import pytest
 from src.data.few_shot import load_coco_few_shot, load_voc_few_shot, read_voc_split_list
 from src.data.few_shot_sampling import coco_few_shot_splits
 from src.data.voc import VOC_CLASSES
+from tests.test_defrcn_data import voc_object_names
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_SHOTS = (1, 2, 3, 5, 10, 30)
@@ -166,16 +167,6 @@ def test_coco_bad_input_names_the_file(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------- VOC
-def _objects(devkit, line):
-    """Class names of the top-level objects of the image a list line names (regex over the XML)."""
-    file_id = Path(line).stem
-    year = 2012 if "_" in file_id else 2007
-    text = (devkit / f"VOC{year}" / "Annotations" / f"{file_id}.xml").read_text()
-    blocks = [re.sub(r"<part>.*?</part>", "", b, flags=re.S) for b in re.findall(r"<object>(.*?)</object>", text,
-                                                                               flags=re.S)]
-    return [re.search(r"<name>(.*?)</name>", b).group(1).strip() for b in blocks]
-
-
 def test_voc_lists_written_by_the_tool(tmp_path, shared_data):
     devkit = shared_data / "voc_mini" / "VOCdevkit"
     out = tmp_path / "vocsplit"
@@ -184,7 +175,7 @@ def test_voc_lists_written_by_the_tool(tmp_path, shared_data):
     present = collections.Counter()
     for year in (2007, 2012):
         for file_id in (devkit / f"VOC{year}" / "ImageSets" / "Main" / "trainval.txt").read_text().split():
-            present.update(set(_objects(devkit, f"{file_id}.jpg")))
+            present.update(set(voc_object_names(devkit, file_id)))
     for seed in (0, 1, 2):
         folder = out if seed == 0 else out / f"seed{seed}"
         for cls in VOC_CLASSES:
@@ -200,7 +191,7 @@ def test_voc_lists_written_by_the_tool(tmp_path, shared_data):
                 assert lines, (cls, shot)
                 for line in lines:
                     assert re.fullmatch(r"datasets/VOC(2007|2012)/JPEGImages/(\d{6}|\d{4}_\d{6})\.jpg", line)
-                    assert cls in _objects(devkit, line)
+                    assert cls in voc_object_names(devkit, Path(line).stem)
     # Loaded back with TFA's instance semantics: one box per record, min(K, instances in the listed images)
     # per class (a draw of an already listed image adds nothing, so a list may hold fewer than K instances).
     classes = ("car", "chair", "sheep")
@@ -210,7 +201,8 @@ def test_voc_lists_written_by_the_tool(tmp_path, shared_data):
         per_class = collections.Counter(classes[int(r.labels[0])] for r in records)
         for cls in classes:
             listed = (out / f"box_{shot}shot_{cls}_train.txt").read_text().split()
-            assert per_class[cls] == min(shot, sum(_objects(devkit, line).count(cls) for line in listed))
+            available = sum(voc_object_names(devkit, Path(line).stem).count(cls) for line in listed)
+            assert per_class[cls] == min(shot, available)
         assert per_class["car"] >= 1 and per_class["sheep"] == 0
     assert read_voc_split_list(out / "box_1shot_sheep_train.txt") == []
 

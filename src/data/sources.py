@@ -248,7 +248,8 @@ class Source:
         raise NotImplementedError
 
     def _categories(self) -> Dict[int, str]:
-        raise NotImplementedError
+        """Detector class id -> name; subclasses that know their names up front set ``class_names``."""
+        return dict(zip(self.class_ids, self.class_names))
 
     def identity(self) -> dict:
         """JSON-ready identity: kind, class ids, settings, image folder and file hashes (computed once).
@@ -361,10 +362,6 @@ class CocoFewShotSource(Source):
         return records, (f"{len(records)} images from {self.shot}-shot seed {self.seed} files of "
                          f"{len(self.class_names)} classes in {self.split_root}, {skipped} invalid boxes skipped")
 
-    def _categories(self):
-        return dict(zip(self.class_ids, self.class_names))
-
-
 def _voc_to_image_record(record: VocRecord, devkit: Path, class_names: Sequence[str], check_files: bool,
                          verify_decode: bool, xml_path: Path) -> Tuple[ImageRecord, int]:
     """VocRecord (labels index ``class_names``, 0-based xyxy) -> ImageRecord (VOC ids, xywh); skipped count."""
@@ -414,17 +411,12 @@ class VocSource(Source):
         records, skipped = [], 0
         for year, image_set in self.parts:
             for rec in load_voc_split(self.devkit, year, image_set, self.class_names, keep_difficult=True):
-                xml = self.devkit / f"VOC{year}" / "Annotations" / f"{rec.file_id}.xml"
                 record, bad = _voc_to_image_record(rec, self.devkit, self.class_names, check_files, verify_decode,
-                                                   xml)
+                                                   _xml_path(self.devkit, rec.file_id))
                 records.append(record)
                 skipped += bad
         return records, (f"{len(records)} images of {'+'.join(f'{y}_{s}' for y, s in self.parts)} in "
                          f"{self.devkit}, {skipped} invalid boxes skipped")
-
-    def _categories(self):
-        return dict(zip(self.class_ids, self.class_names))
-
 
 class VocFewShotSource(Source):
     """TFA-format VOC K-shot lists: one single-box record per instance, at most K per class (TFA ``meta_voc``)."""
@@ -459,10 +451,6 @@ class VocFewShotSource(Source):
             skipped += bad
         return records, (f"{len(records)} instance records from {self.shot}-shot seed {self.seed} lists of "
                          f"{len(self.class_names)} classes in {self.split_root}, {skipped} invalid boxes skipped")
-
-    def _categories(self):
-        return dict(zip(self.class_ids, self.class_names))
-
 
 def build_source(root, data_cfg: dict, which: str) -> Source:
     """The source of ``which`` ("train" | "val") for a DeFRCN-family data config (module docstring).
