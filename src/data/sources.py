@@ -362,6 +362,7 @@ class CocoFewShotSource(Source):
         return records, (f"{len(records)} images from {self.shot}-shot seed {self.seed} files of "
                          f"{len(self.class_names)} classes in {self.split_root}, {skipped} invalid boxes skipped")
 
+
 def _voc_to_image_record(record: VocRecord, devkit: Path, class_names: Sequence[str], check_files: bool,
                          verify_decode: bool, xml_path: Path) -> Tuple[ImageRecord, int]:
     """VocRecord (labels index ``class_names``, 0-based xyxy) -> ImageRecord (VOC ids, xywh); skipped count."""
@@ -418,6 +419,7 @@ class VocSource(Source):
         return records, (f"{len(records)} images of {'+'.join(f'{y}_{s}' for y, s in self.parts)} in "
                          f"{self.devkit}, {skipped} invalid boxes skipped")
 
+
 class VocFewShotSource(Source):
     """TFA-format VOC K-shot lists: one single-box record per instance, at most K per class (TFA ``meta_voc``)."""
 
@@ -451,6 +453,7 @@ class VocFewShotSource(Source):
             skipped += bad
         return records, (f"{len(records)} instance records from {self.shot}-shot seed {self.seed} lists of "
                          f"{len(self.class_names)} classes in {self.split_root}, {skipped} invalid boxes skipped")
+
 
 def build_source(root, data_cfg: dict, which: str) -> Source:
     """The source of ``which`` ("train" | "val") for a DeFRCN-family data config (module docstring).
