@@ -120,6 +120,18 @@ def test_coco_few_shot_merges_per_image(tmp_path, shared_data):
     np.testing.assert_allclose(rec.boxes[-1], [x, y, x + w, y + h], rtol=1e-6)
 
 
+def test_seed0_in_seed0_folder_wins_over_the_root_for_coco_and_voc(tmp_path):
+    """Both layouts present (a TFA download plus a fresh prepare_few_shot_split.py draw): both readers take
+    ``seed0/``, so COCO and VOC never read different seed-0 draws."""
+    (tmp_path / "seed0").mkdir()
+    for name in ("full_box_1shot_bus_trainval.json", "box_1shot_bus_train.txt"):
+        (tmp_path / name).write_text("")
+        (tmp_path / "seed0" / name).write_text("")
+    assert coco_split_file(tmp_path, "bus", 1, 0) == tmp_path / "seed0" / "full_box_1shot_bus_trainval.json"
+    assert voc_split_file(tmp_path, "bus", 1, 0) == tmp_path / "seed0" / "box_1shot_bus_train.txt"
+    assert voc_split_file(tmp_path, "car", 1, 0) == tmp_path / "box_1shot_car_train.txt"  # neither: TFA's place
+
+
 @pytest.mark.parametrize("layout", ["root", "seed0"])
 def test_coco_split_layouts(tmp_path, shared_data, layout):
     folder = shared_data / "few_shot_coco_split"

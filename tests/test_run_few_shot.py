@@ -144,7 +144,8 @@ def test_subprocess_runner_commands_resume_and_skip_training(tmp_path):
     assert train_cmd[train_cmd.index("--config") + 1] == str(configs[2])
     assert "--pretrained_partial" in train_cmd and "--resume" not in train_cmd
     sets = train_cmd[train_cmd.index("--set") + 1:]
-    assert sets == ["data.shot=2", "data.seed=3", "train.seed=43", "eval.pcb=true"]
+    # The user's overrides come first so that the run's own shot, seed and repeat seed always win.
+    assert sets == ["eval.pcb=true", "data.shot=2", "data.seed=3", "train.seed=43"]
     assert eval_cmd[eval_cmd.index("--set") + 1:] == sets
     assert eval_cmd[eval_cmd.index("--output_dir") + 1] == str(spec.eval_dir)
 

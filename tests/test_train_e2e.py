@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mindspore as ms
 import numpy as np
 import pytest
 
@@ -74,6 +75,7 @@ def test_tiny_config_halves_its_loss_on_real_images(tmp_path, shared_data):
     cfg = load_config(ROOT / TINY, ["train.checkpoint_interval=1000", "train.epochs=1000"])
     opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
                         max_steps=250, max_images=2)
+    ms.set_seed(cfg["train"]["seed"])  # as train.py's init_context does
     result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
     losses = np.asarray(result["losses"])
     assert np.all(np.isfinite(losses))

@@ -96,6 +96,15 @@ class CocoFewShotRecord:
 
 
 # ----------------------------------------------------------------------------------------------------- COCO
+def _seed_candidates(split_root: Path, name: str, seed: int) -> List[Path]:
+    """Where split file ``name`` of ``seed`` may live, in order of preference: ``seed{S}/`` (DeFRCN; our
+    ``prepare_few_shot_split.py`` default), then, for seed 0 only, the root (TFA's release layout)."""
+    candidates = [Path(split_root) / f"seed{seed}" / name]
+    if seed == 0:
+        candidates.append(Path(split_root) / name)
+    return candidates
+
+
 def coco_split_file(split_root: Path, class_name: str, shot: int, seed: int) -> Path:
     """Path of ``full_box_{shot}shot_{class_name}_trainval.json`` for ``seed``.
 
@@ -104,10 +113,7 @@ def coco_split_file(split_root: Path, class_name: str, shot: int, seed: int) -> 
     Raises:
         FewShotSplitError: if no such file exists.
     """
-    name = f"full_box_{shot}shot_{class_name}_trainval.json"
-    candidates = [Path(split_root) / f"seed{seed}" / name]
-    if seed == 0:
-        candidates.append(Path(split_root) / name)
+    candidates = _seed_candidates(split_root, f"full_box_{shot}shot_{class_name}_trainval.json", seed)
     for path in candidates:
         if path.is_file():
             return path
@@ -186,14 +192,11 @@ def load_coco_few_shot(split_root: Path, class_names: Sequence[str], shot: int, 
 
 # ----------------------------------------------------------------------------------------------------- VOC
 def voc_split_file(split_root: Path, class_name: str, shot: int, seed: int) -> Path:
-    """Path of ``box_{shot}shot_{class_name}_train.txt``: in ``seed{S}/`` for S > 0; seed 0 at the root (TFA)
-    or, when the root has no such file but ``seed0/`` has, in ``seed0/`` (DeFRCN's loader reads ``seed0/``)."""
-    name = f"box_{shot}shot_{class_name}_train.txt"
-    if seed != 0:
-        return Path(split_root) / f"seed{seed}" / name
-    at_root = Path(split_root) / name
-    in_seed0 = Path(split_root) / "seed0" / name
-    return in_seed0 if not at_root.is_file() and in_seed0.is_file() else at_root
+    """Path of ``box_{shot}shot_{class_name}_train.txt``: in ``seed{S}/``; seed 0 in ``seed0/`` or, failing
+    that, at the root (TFA), the same preference as :func:`coco_split_file`. When neither exists the last
+    candidate is returned and :func:`read_voc_split_list` reports it missing."""
+    candidates = _seed_candidates(split_root, f"box_{shot}shot_{class_name}_train.txt", seed)
+    return next((path for path in candidates if path.is_file()), candidates[-1])
 
 
 def read_voc_split_list(path: Path) -> List[str]:

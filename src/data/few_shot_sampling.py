@@ -95,9 +95,12 @@ def sample_coco_class(rng: random.Random, image_anns: Dict[int, List[dict]], sho
             logger.warning("class %s: %d of %d instances reachable at %d shots with whole images", class_name,
                            len(chosen_anns) + best, shot, shot)
         target = len(chosen_anns) + best
-        for _ in range(MAX_ATTEMPTS):
-            if len(chosen_anns) == target:
-                break
+        rounds = 0
+        while len(chosen_anns) < target:
+            if rounds == MAX_ATTEMPTS:
+                raise RuntimeError(f"class {class_name}: {target} instances at {shot} shots not reached after "
+                                   f"{MAX_ATTEMPTS} sampling rounds")
+            rounds += 1
             for img in rng.sample(keys, min(shot, len(keys))):
                 if img in used or len(image_anns[img]) + len(chosen_anns) > target:
                     continue
@@ -109,9 +112,6 @@ def sample_coco_class(rng: random.Random, image_anns: Dict[int, List[dict]], sho
                 chosen_anns.extend(image_anns[img])
                 if len(chosen_anns) == target:
                     break
-        else:
-            raise RuntimeError(f"class {class_name}: {target} instances at {shot} shots not reached after "
-                               f"{MAX_ATTEMPTS} sampling rounds")
         result[shot] = (list(chosen_imgs), list(chosen_anns))
     return result
 

@@ -46,6 +46,19 @@ def checkpoint_path(directory: str | os.PathLike, prefix: str, epoch: int, step:
     return Path(directory) / f"{prefix}-{int(epoch)}_{int(step)}.ckpt"
 
 
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The ``<prefix>-<epoch>_<step>.ckpt`` with the most steps under ``directory`` (recursively), or None.
+
+    Hidden files (``atomic_output``'s temporaries, left only by a hard kill) are not candidates.
+    """
+    best, best_step = None, -1
+    for path in Path(directory).rglob("*.ckpt"):
+        match = _CKPT_NAME.match(path.name)
+        if match and not path.name.startswith(".") and int(match.group("step")) > best_step:
+            best, best_step = path, int(match.group("step"))
+    return best
+
+
 def _network_params(network: nn.Cell) -> dict[str, Parameter]:
     return {param.name: param for param in network.get_parameters()}
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from src.engine.checkpoint import latest_checkpoint
 from src.evaluation.few_shot_metrics import summarize_runs, write_summary
 from src.fileio import atomic_write_text
 
@@ -55,7 +56,6 @@ METRICS = {
 }
 """Metrics collected per (dataset, setting), in table column order (DeFRCN reports COCO AP and VOC AP50)."""
 TRAIN_DONE = "train_done.json"
-_CKPT_NAME = re.compile(r"^.+-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
 
 class ProtocolError(RuntimeError):
@@ -232,10 +232,7 @@ def run_grid(specs: Sequence[RunSpec], runner: Callable[[RunSpec], None], names:
             logger.info("[%d/%d] %s: finished earlier, read %s", index + 1, len(specs), spec.name, spec.metrics_path)
         else:
             logger.info("[%d/%d] %s: running in %s", index + 1, len(specs), spec.name, spec.run_dir)
-            try:
-                runner(spec)
-            finally:
-                write_tables(results, names, output_dir)
+            runner(spec)
             metrics = read_metrics(spec.metrics_path, names)
             if metrics is None:
                 raise ProtocolError(f"run {spec.name} ended without {spec.metrics_path}")
@@ -243,16 +240,6 @@ def run_grid(specs: Sequence[RunSpec], runner: Callable[[RunSpec], None], names:
         write_tables(results, names, output_dir)
         logger.info("%s: %s", spec.name, ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return results
-
-
-def latest_checkpoint(directory: str | Path) -> Optional[Path]:
-    """The ``<prefix>-<epoch>_<step>.ckpt`` with the most steps under ``directory`` (recursively), or None."""
-    best, best_step = None, -1
-    for path in Path(directory).rglob("*.ckpt"):
-        match = _CKPT_NAME.match(path.name)
-        if match and int(match.group("step")) > best_step:
-            best, best_step = path, int(match.group("step"))
-    return best
 
 
 @dataclass
@@ -267,7 +254,8 @@ class SubprocessRunner:
         coco_path: dataset root passed to both commands.
         mindrecord_dir: MindRecord cache shared by all runs.
         device_target: CPU, GPU or Ascend.
-        overrides: ``KEY=VALUE`` config overrides for both commands (after the run's own shot/seed ones).
+        overrides: ``KEY=VALUE`` config overrides for both commands, placed before the run's own shot, seed and
+            repeat seed so that those always win (``train_seed`` already includes a user's ``train.seed``).
         train_seed: the config's ``train.seed``; repeat r trains with ``train_seed + r``.
         delete_checkpoints: remove the fine-tuned checkpoints once evaluated (DeFRCN's scripts do).
         max_eval_images: evaluate only the first N images (quick checks; None: the whole test set).
@@ -293,7 +281,7 @@ class SubprocessRunner:
         sets = [f"data.shot={spec.shot}", f"data.seed={spec.seed}"]
         if spec.repeat is not None:
             sets.append(f"train.seed={self.train_seed + spec.repeat}")
-        return sets + list(self.overrides)
+        return list(self.overrides) + sets
 
     def train_command(self, spec: RunSpec, resume: Optional[Path] = None) -> List[str]:
         cmd = [self.python, str(REPO_ROOT / "train.py"), "--config", str(self.config[spec.shot]),
@@ -343,3 +331,4 @@ class SubprocessRunner:
         if self.delete_checkpoints and not self.dry_run:
             for path in spec.train_dir.rglob("*.ckpt"):
                 path.unlink()
+            done.unlink()  # it names a checkpoint that is gone: a rerun of this run trains again

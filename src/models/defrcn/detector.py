@@ -29,6 +29,7 @@ from mindspore import Tensor, nn, ops
 
 from src.models.defrcn.losses import DeFRCNWithLoss
 from src.models.defrcn.model import DeFRCN, DetectorPostprocess
+from src.ops.box_ops import box_cxcywh_to_xyxy
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg")
 """Names of DeFRCNWithLoss's terms, in its order (detectron2's loss dict keys)."""
@@ -118,18 +119,17 @@ class DeFRCNLossNetwork(nn.Cell):
         super().__init__(auto_prefix=False)
         self.with_loss = with_loss
         ids = np.asarray(class_ids, np.int64)
-        table = np.full(int(ids.max()) + 1, -1, np.int32)
+        # One slot past the largest id stays -1: every larger id is clipped onto it and so ignored.
+        table = np.full(int(ids.max()) + 2, -1, np.int32)
         table[ids] = np.arange(len(ids), dtype=np.int32)
         self.index_of_id = Tensor(table)
-        self.max_id = int(ids.max())
+        self.max_id = int(ids.max()) + 1
 
     def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
         image_sizes = image_sizes_from_mask(mask)
-        height = image_sizes[:, 0:1]
-        width = image_sizes[:, 1:2]
-        cx, cy, w, h = tgt_boxes[..., 0], tgt_boxes[..., 1], tgt_boxes[..., 2], tgt_boxes[..., 3]
-        gt_boxes = ops.stack([(cx - 0.5 * w) * width, (cy - 0.5 * h) * height,
-                              (cx + 0.5 * w) * width, (cy + 0.5 * h) * height], axis=-1)
+        width, height = image_sizes[:, 1:2], image_sizes[:, 0:1]
+        scale = ops.concat([width, height, width, height], axis=1).expand_dims(1)  # [B, 1, 4]
+        gt_boxes = box_cxcywh_to_xyxy(tgt_boxes) * scale
         index = ops.gather(self.index_of_id, ops.clip_by_value(tgt_labels, 0, self.max_id), 0)
         gt_valid = ops.logical_and(tgt_valid, index >= 0)
         gt_classes = ops.maximum(index, 0)
