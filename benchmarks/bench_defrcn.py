@@ -118,6 +118,7 @@ def _measure(name: str, args) -> dict:
         "--height", args.height, "--width", args.width, "--depth", args.depth, "--train_batch", batch,
         "--warmup", args.warmup, "--iters", args.iters])
 
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--height", type=int, default=800)

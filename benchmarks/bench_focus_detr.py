@@ -23,7 +23,6 @@ encoder saving is visible even where the backbone dominates the measured time. R
 
 import argparse
 import json
-import math
 import os
 from typing import Sequence, Tuple
 
@@ -33,14 +32,6 @@ from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss
 
 CONFIG = os.path.join("configs", "focus_detr", "focus_detr_r50_4scale_12ep.yaml")
 MEASUREMENTS = ("focus", "dense")
-STRIDES = (8, 16, 32, 64)
-
-
-def level_shapes(height: int, width: int, strides: Sequence[int] = STRIDES) -> Tuple[Tuple[int, int], ...]:
-    """Feature-map sizes of the 4-scale neck for a padded input: every stride-2 stage rounds up."""
-    return tuple((math.ceil(height / s), math.ceil(width / s)) for s in strides)
-
-
 def encoder_gflops(spatial_shapes: Sequence[Tuple[int, int]], model_cfg: dict, token_selection: bool) -> float:
     """Multiply-add count x 2 of the encoder's matrix products and deformable sampling, in GFLOPs (batch 1).
 
@@ -91,6 +82,7 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
 
     from src.config import load_config
     from src.models import build_model
+    from src.models.focus_detr.criterion import level_shapes_of
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
@@ -107,12 +99,13 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
     warm, per_step = time_steps(step, warmup, iters)
     return {"warmup_s": warm, "step_s": per_step, "images_per_s": 1.0 / per_step, "base_rss_mb": base_rss,
             "peak_rss_mb": peak_mb(),
-            "encoder_gflops": encoder_gflops(level_shapes(height, width), cfg["model"], token_selection)}
+            "encoder_gflops": encoder_gflops(level_shapes_of((height, width), 4), cfg["model"], token_selection)}
 
 
 def _measure(name: str, args) -> dict:
     return measure_in_subprocess("benchmarks.bench_focus_detr", name, ["--height", args.height, "--width", args.width,
                                                                        "--warmup", args.warmup, "--iters", args.iters])
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

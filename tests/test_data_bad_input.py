@@ -86,7 +86,7 @@ def test_undecodable_image_in_pipeline_names_image(tmp_path, photo):
     coco = make_coco(tmp_path / "coco", {"a.jpg": (b"not an image at all", {}, (64, 96))}, [])
     records, _, _ = load_coco_split(coco, "mini", check_files=False)
     mr.write_mindrecord(records, coco / "mini", tmp_path / "mr", "mini", extra_stamp={
-        "annotation_sha256": mr._sha256(coco / "annotations" / "instances_mini.json")})
+        "annotation_sha256": mr.file_sha256(coco / "annotations" / "instances_mini.json")})
     dataset = create_coco_dataset(coco, "mini", tmp_path / "mr", False, 1, DATA_CFG)
     with pytest.raises(RuntimeError, match=r"image id 1 \(file 'a\.jpg'\)"):
         next(dataset.create_dict_iterator(output_numpy=True))

@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 
 from src.data.coco_classes import COCO_CATEGORY_NAMES
-from src.data.voc import VOC_CLASSES, VocRecord, parse_voc_xml, year_of_file_id
+from src.data.voc import VOC_CLASSES, VocRecord, parse_voc_xml, voc_annotation_path
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +248,7 @@ def load_voc_few_shot(split_root: Path, devkit_root: Path, class_names: Sequence
         if not file_ids:
             logger.warning("VOC few-shot list %s is empty: no %s examples at %d shots", path, class_name, shot)
         for file_id in file_ids:
-            year_dir = Path(devkit_root) / f"VOC{year_of_file_id(file_id)}"
-            full = parse_voc_xml(year_dir / "Annotations" / f"{file_id}.xml", class_names)
+            full = parse_voc_xml(voc_annotation_path(devkit_root, file_id), class_names)
             for k in np.nonzero(full.labels == class_names.index(class_name))[0]:
                 per_class.append(VocRecord(full.file_id, full.file_name, full.height, full.width,
                                            full.boxes[k:k + 1], full.labels[k:k + 1], full.difficult[k:k + 1]))

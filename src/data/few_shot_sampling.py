@@ -44,7 +44,14 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from src.data.coco import load_coco_json
-from src.data.voc import VOC_CLASSES, VocFormatError, parse_split_spec, read_image_set, year_of_file_id
+from src.data.voc import (
+    VOC_CLASSES,
+    VocFormatError,
+    parse_split_spec,
+    read_image_set,
+    voc_annotation_path,
+    year_of_file_id,
+)
 from src.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -221,7 +228,7 @@ def voc_candidates(devkit, image_sets: str = "2007_trainval+2012_trainval") -> D
                 for i in read_image_set(devkit / f"VOC{year}", image_set)]
     per_class: Dict[str, List[Tuple[str, int]]] = {c: [] for c in VOC_CLASSES}
     for file_id in file_ids:
-        xml_path = devkit / f"VOC{year_of_file_id(file_id)}" / "Annotations" / f"{file_id}.xml"
+        xml_path = voc_annotation_path(devkit, file_id)
         if not xml_path.is_file():
             raise VocFormatError(f"VOC annotation {xml_path} (listed in {image_sets}) does not exist")
         names, line = _voc_objects(xml_path)

@@ -84,9 +84,6 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-_sha256 = file_sha256  # the DETR path's original name, which its tests use
-
-
 def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, split: str, num_shards: int = 1,
                      extra_stamp: Optional[dict] = None) -> List[Path]:
     """Write records to MindRecord shards for ``split`` in ``output_dir``, atomically.

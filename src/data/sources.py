@@ -43,8 +43,8 @@ from src.data.voc import (
     load_voc_split,
     parse_split_spec,
     read_image_set,
+    voc_annotation_path,
     voc_image_id,
-    year_of_file_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -121,13 +121,6 @@ def detector_class_ids(data_cfg: dict) -> Tuple[int, ...]:
     if dataset == "coco":
         return {"all": tuple(sorted(COCO_CATEGORY_NAMES)), "base": COCO_BASE_IDS, "novel": COCO_NOVEL_IDS}[classes]
     return tuple(voc_class_id(name) for name in detector_class_names(data_cfg))
-
-
-def dataset_categories(data_cfg: dict) -> Dict[int, str]:
-    """The whole id space of ``data_cfg``'s dataset: COCO id -> COCO name, or VOC id -> VOC name."""
-    if _dataset(data_cfg) == "coco":
-        return dict(COCO_CATEGORY_NAMES)
-    return {voc_class_id(name): name for name in VOC_CLASSES}
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -381,10 +374,6 @@ def _voc_to_image_record(record: VocRecord, devkit: Path, class_names: Sequence[
                        np.zeros(n, np.int32), np.arange(n, dtype=np.int64)), int((~keep).sum())
 
 
-def _xml_path(devkit: Path, file_id: str) -> Path:
-    return devkit / f"VOC{year_of_file_id(file_id)}" / "Annotations" / f"{file_id}.xml"
-
-
 class VocSource(Source):
     """Pascal VOC image sets (``2007_trainval+2012_trainval``) with the objects of ``class_names``."""
 
@@ -413,7 +402,7 @@ class VocSource(Source):
         for year, image_set in self.parts:
             for rec in load_voc_split(self.devkit, year, image_set, self.class_names, keep_difficult=True):
                 record, bad = _voc_to_image_record(rec, self.devkit, self.class_names, check_files, verify_decode,
-                                                   _xml_path(self.devkit, rec.file_id))
+                                                   voc_annotation_path(self.devkit, rec.file_id))
                 records.append(record)
                 skipped += bad
         return records, (f"{len(records)} images of {'+'.join(f'{y}_{s}' for y, s in self.parts)} in "
@@ -437,7 +426,7 @@ class VocFewShotSource(Source):
     def _index_files(self):
         lists = [voc_split_file(self.split_root, c, self.shot, self.seed) for c in self.class_names]
         ids = {i for path in lists for i in read_voc_split_list(path)}
-        xmls = [_xml_path(self.devkit, i) for i in sorted(ids)]
+        xmls = [voc_annotation_path(self.devkit, i) for i in sorted(ids)]
         missing = next((x for x in xmls if not x.is_file()), None)
         if missing is not None:
             raise FewShotSplitError(f"VOC annotation {missing} (listed in a {self.shot}-shot seed {self.seed} file "
@@ -448,7 +437,7 @@ class VocFewShotSource(Source):
         records, skipped = [], 0
         for rec in load_voc_few_shot(self.split_root, self.devkit, self.class_names, self.shot, self.seed):
             record, bad = _voc_to_image_record(rec, self.devkit, self.class_names, check_files, verify_decode,
-                                               _xml_path(self.devkit, rec.file_id))
+                                               voc_annotation_path(self.devkit, rec.file_id))
             records.append(record)
             skipped += bad
         return records, (f"{len(records)} instance records from {self.shot}-shot seed {self.seed} lists of "

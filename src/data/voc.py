@@ -61,6 +61,11 @@ def year_of_file_id(file_id: str) -> int:
     return 2012 if "_" in file_id else 2007
 
 
+def voc_annotation_path(devkit_root: Path, file_id: str) -> Path:
+    """``VOCdevkit/VOC{year}/Annotations/{file_id}.xml``, the year by :func:`year_of_file_id`."""
+    return Path(devkit_root) / f"VOC{year_of_file_id(file_id)}" / "Annotations" / f"{file_id}.xml"
+
+
 def voc_image_id(file_id: str) -> int:
     """Integer image id of a VOC file id, unique over VOC2007 and VOC2012 and reversible (:func:`voc_file_id`).
 

@@ -63,22 +63,6 @@ def sine_box_embedding(boxes, num_pos_feats: int = 128, temperature: float = 100
     return ops.concat(blocks, axis=-1)
 
 
-class MaskedDetrexMHA(DetrexMHA):
-    """:class:`DetrexMHA` taking an optional query-key mask (``attn_masks[0]`` of the detrex decoder layer).
-
-    Inputs:
-        query, key, value, query_pos, key_pos, key_padding_mask: see :class:`DetrexMHA`.
-        attn_mask (Tensor[bool] or None): ``[Lq, Lk]``, True where query ``i`` may not see key ``j``.
-
-    Outputs:
-        Tensor[float32]: ``[B, Lq, C]``.
-    """
-
-    def construct(self, query, key, value, query_pos, key_pos, key_padding_mask=None, attn_mask=None):
-        out = self.attn(query + query_pos, key + key_pos, value, key_padding_mask, attn_mask)
-        return query + self.proj_drop(out)
-
-
 class FocusDecoderLayer(nn.Cell):
     """DINO decoder layer (names as detrex: ``attentions.{0,1}``, ``norms.{0,1,2}``, ``ffns.0``).
 
@@ -95,7 +79,7 @@ class FocusDecoderLayer(nn.Cell):
                  dropout: float = 0.0):
         super().__init__()
         self.attentions = nn.CellList([
-            MaskedDetrexMHA(embed_dim, num_heads, dropout),
+            DetrexMHA(embed_dim, num_heads, dropout),
             MSDeformAttn(embed_dim, num_heads, num_levels, num_points, dropout),
         ])
         self.norms = nn.CellList([nn.LayerNorm((embed_dim,), epsilon=1e-5) for _ in range(3)])

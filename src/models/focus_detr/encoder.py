@@ -56,6 +56,8 @@ class DetrexMHA(nn.Cell):
         query, key, value (Tensor[float32]): ``[B, Lq, C]``, ``[B, Lk, C]``, ``[B, Lk, C]``.
         query_pos, key_pos (Tensor[float32]): positions added to query / key.
         key_padding_mask (Tensor[bool] or None): ``[B, Lk]``, True on ignored keys.
+        attn_mask (Tensor[bool] or None): ``[Lq, Lk]``, True where query ``i`` may not see key ``j``
+            (``attn_masks[0]`` of the detrex decoder layer: the denoising groups).
 
     Outputs:
         Tensor[float32]: ``[B, Lq, C]`` = ``query + dropout(attn(query + query_pos, key + key_pos, value))``.
@@ -66,8 +68,8 @@ class DetrexMHA(nn.Cell):
         self.attn = MultiheadAttention(embed_dim, num_heads, dropout)
         self.proj_drop = nn.Dropout(p=dropout)
 
-    def construct(self, query, key, value, query_pos, key_pos, key_padding_mask=None):
-        out = self.attn(query + query_pos, key + key_pos, value, key_padding_mask)
+    def construct(self, query, key, value, query_pos, key_pos, key_padding_mask=None, attn_mask=None):
+        out = self.attn(query + query_pos, key + key_pos, value, key_padding_mask, attn_mask)
         return query + self.proj_drop(out)
 
 
