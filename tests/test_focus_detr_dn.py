@@ -213,7 +213,8 @@ def test_denoising_loss_matches_a_detrex_transcription():
                            -1).astype(np.float32)
     layout = list(denoising_layout(Tensor(valid), 7))
     del layout[2]  # the group ids are not a loss input
-    args = [Tensor(logits), Tensor(boxes), *layout, Tensor(tgt_boxes), Tensor(labels), Tensor(valid)]
+    num_boxes = build_criterion().num_boxes(Tensor(valid))
+    args = [Tensor(logits), Tensor(boxes), *layout, Tensor(tgt_boxes), Tensor(labels), num_boxes]
     expected = _detrex_dn_loss(logits, boxes, tgt_boxes, labels, (3, 1), 3, 2, 4.0, (0, 1))
     np.testing.assert_allclose(build_criterion().denoising_loss(*args).asnumpy(), expected, rtol=1e-4)
     final_only = _detrex_dn_loss(logits, boxes, tgt_boxes, labels, (3, 1), 3, 2, 4.0, (1,))

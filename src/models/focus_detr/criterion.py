@@ -87,6 +87,9 @@ class FocusDETRCriterion(nn.Cell):
         tgt_boxes (Tensor[float32]): ``[B, M, 4]`` normalized cxcywh of the unpadded resized image.
         tgt_labels (Tensor[int32]): ``[B, M]`` raw COCO category ids (or contiguous with ``map_coco_ids=False``).
         tgt_valid (Tensor[bool]): ``[B, M]``; valid rows first.
+        dn_outputs (tuple or None): the denoising outputs of :class:`src.models.focus_detr.model.FocusDETR`
+            (``dn_logits, dn_boxes`` and the slot layout, see :meth:`denoising_loss`); their loss is added, with the
+            same ``num_boxes`` (one all-reduce per step).
 
     Outputs:
         tuple: ``loss`` float32 scalar (weighted total) and ``loss_terms`` float32 ``[3]``, the unweighted final-layer
@@ -168,7 +171,7 @@ class FocusDETRCriterion(nn.Cell):
         return foreground_supervision_loss(foreground_logits, labels, self.focal_alpha, self.focal_gamma)
 
     def denoising_loss(self, dn_logits, dn_boxes, gt_index, positive, in_group, slot_valid, groups, has_gt,
-                       tgt_boxes, labels, tgt_valid):
+                       tgt_boxes, labels, num_boxes):
         """Weighted denoising loss of every decoder layer (final only without ``aux_loss``).
 
         Args:
@@ -178,7 +181,7 @@ class FocusDETRCriterion(nn.Cell):
                 :func:`src.models.focus_detr.dn.denoising_layout`.
             tgt_boxes (Tensor[float32]): ``[B, N, 4]`` normalized cxcywh.
             labels (Tensor[int32]): ``[B, N]`` CONTIGUOUS classes (:meth:`contiguous_labels`).
-            tgt_valid (Tensor[bool]): ``[B, N]``.
+            num_boxes (Tensor[float32]): scalar, :meth:`num_boxes` of the batch.
 
         Returns:
             Tensor[float32]: scalar; 0 for a batch without boxes (the reference skips denoising then).
@@ -196,7 +199,7 @@ class FocusDETRCriterion(nn.Cell):
         # Trailing slots outside the real groups do not exist in the reference: no class loss there.
         class_weight = ops.broadcast_to(in_group.astype(ms.float32).reshape(1, -1, 1), onehot.shape)
         matched_f = matched.astype(ms.float32)
-        normalizer = self.num_boxes(tgt_valid) * groups.astype(ms.float32)
+        normalizer = num_boxes * groups.astype(ms.float32)
         num_layers = dn_logits.shape[0]
         first = 0 if self.aux_loss else num_layers - 1
         loss = ops.zeros((), ms.float32)
@@ -211,7 +214,7 @@ class FocusDETRCriterion(nn.Cell):
         return loss * has_gt.astype(ms.float32)
 
     def construct(self, pred_logits, pred_boxes, enc_logits, enc_boxes, foreground_logits, mask_flatten,
-                  image_mask, tgt_boxes, tgt_labels, tgt_valid):
+                  image_mask, tgt_boxes, tgt_labels, tgt_valid, dn_outputs=None):
         pred_logits = pred_logits.astype(ms.float32)
         pred_boxes = pred_boxes.astype(ms.float32)
         tgt_boxes = tgt_boxes.astype(ms.float32)
@@ -230,6 +233,8 @@ class FocusDETRCriterion(nn.Cell):
                                                         tgt_boxes, labels, tgt_valid, num_boxes))
         loss = loss + self.weight_select * self.select_loss(foreground_logits.astype(ms.float32), image_mask,
                                                             tgt_boxes, tgt_valid)
+        if dn_outputs is not None:
+            loss = loss + self.denoising_loss(*dn_outputs, tgt_boxes, labels, num_boxes)
         loss_terms = ops.stop_gradient(ops.stack(final))
         return loss, loss_terms
 

@@ -449,8 +449,5 @@ class FocusDETRWithLoss(nn.Cell):
             return self.criterion(*outputs, mask, tgt_boxes, tgt_labels, tgt_valid)
         labels = self.criterion.contiguous_labels(tgt_labels)
         outputs = self.network(image, mask, tgt_boxes, labels, tgt_valid)
-        loss, loss_terms = self.criterion(outputs[0], outputs[1], outputs[2], outputs[3], outputs[4], outputs[5],
-                                          mask, tgt_boxes, tgt_labels, tgt_valid)
-        dn_loss = self.criterion.denoising_loss(outputs[6], outputs[7], outputs[8], outputs[9], outputs[10],
-                                                outputs[11], outputs[12], outputs[13], tgt_boxes, labels, tgt_valid)
-        return loss + dn_loss, loss_terms
+        return self.criterion(outputs[0], outputs[1], outputs[2], outputs[3], outputs[4], outputs[5], mask,
+                              tgt_boxes, tgt_labels, tgt_valid, outputs[6:14])
