@@ -6,13 +6,22 @@ Measures, at one input size (default 800x1066, DETR's typical COCO eval shape):
 * one training step, batch 2: forward, DETR loss with auxiliary decoder losses and Hungarian matching,
   backward, gradient clipping at 0.1 and AdamW (backbone at lr 1e-5), like DETR's recipe.
 
+Both sides train the same tensors: DETR freezes the stem and ``layer1`` and trains the convolutions of
+``layer2``-``layer4`` (42 tensors in R50; frozen batch norm has none). transformers' DETR with a native
+``ResNetConfig`` backbone freezes its whole backbone (its name filter looks for ``stage.1`` while its ResNet
+says ``stages.1``), so :func:`torch_reference` makes ``stages.1``-``stages.3`` trainable; both counts are
+printed with every training row and ``tests/test_bench_fairness.py`` checks the two sets name by name.
+
 Each measurement runs in its own subprocess so that peak memory is that measurement's alone: the peak resident
 set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which also covers native allocations) is reported
 together with the RSS before the model is built (after imports), and their difference. Throughput excludes
 warm-up iterations (which include MindSpore's graph compilation, timed separately). Both sides use random
 weights: speed does not depend on the values. Run from the repository root::
 
-    python -m benchmarks.bench_detr [--iters 3] [--height 800 --width 1066] [--only ms_infer torch_infer]
+    python -m benchmarks.bench_detr [--iters 3] [--repeats 2] [--height 800 --width 1066] [--only ms_infer torch_infer]
+
+With ``--repeats R`` every measurement runs R times, the two sides alternated (A B A B), and the table gives
+medians with the min-max range, since a shared machine's load moves either side by 15% or more.
 
 Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, peaks at about 11 GB RSS; on
 smaller hosts run the training rows at a reduced size (``--height 384 --width 512 --only torch_train ms_train``).
@@ -21,12 +30,15 @@ smaller hosts run the training rows at a reduced size (``--height 384 --width 51
 import argparse
 import json
 import os
+import re
+import statistics
 
 import numpy as np
 
 from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss_mb, time_steps
 
-MEASUREMENTS = ("ms_infer", "torch_infer", "torch_train", "ms_train")
+MEASUREMENTS = ("ms_infer", "torch_infer", "ms_train", "torch_train")
+TRAINED_TORCH_STAGE = re.compile(r"\.encoder\.stages\.[123]\.")  # transformers' ResNet stage of layer2-4
 NUM_BOXES = 6  # valid targets per training image; max_boxes padding as in the configs
 
 
@@ -40,6 +52,35 @@ def _targets(batch: int, max_boxes: int, seed: int = 0):
     labels[:, :NUM_BOXES] = rng.integers(1, 91, (batch, NUM_BOXES))
     valid[:, :NUM_BOXES] = True
     return boxes, labels, valid
+
+
+def mindspore_trainable_backbone(network) -> list:
+    """Names of the backbone parameters this port's DETR trains (``requires_grad``), in network order."""
+    return [p.name for p in network.trainable_params() if p.name.startswith("backbone.")]
+
+
+def torch_reference(train: bool):
+    """transformers' ``DetrForObjectDetection`` (R50, 91 labels) training the backbone tensors DETR trains.
+
+    Returns:
+        The model, with ``requires_grad`` True exactly on the convolution weights of ``stages.1``-``stages.3``
+        (torchvision's ``layer2``-``layer4``) among the backbone parameters, as facebookresearch/detr's
+        ``models/backbone.py`` does with ``lr_backbone > 0``.
+    """
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91,
+                        backbone_config=ResNetConfig(out_features=["stage4"]), auxiliary_loss=train)
+    model = DetrForObjectDetection(config)
+    for name, param in model.named_parameters():
+        if "backbone" in name:
+            param.requires_grad = TRAINED_TORCH_STAGE.search(name) is not None
+    return model
+
+
+def torch_trainable_backbone(model) -> list:
+    """Names of the reference's trainable backbone parameters, in module order."""
+    return [n for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
 
 
 def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
@@ -79,18 +120,16 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
 
     warm, per_step = time_steps(step, warmup, iters)
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
-            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb()}
+            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(),
+            "trainable_backbone_tensors": len(mindspore_trainable_backbone(network))}
 
 
 def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
     import torch
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
     torch.manual_seed(0)
     base_rss = rss_mb()
-    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91,
-                        backbone_config=ResNetConfig(out_features=["stage4"]), auxiliary_loss=train)
-    model = DetrForObjectDetection(config)
+    model = torch_reference(train)
     batch = 2 if train else 1
     image = torch.randn(batch, 3, height, width)
     pixel_mask = torch.ones(batch, height, width, dtype=torch.long)
@@ -119,7 +158,8 @@ def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> 
 
     warm, per_step = time_steps(step, warmup, iters)
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
-            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(), "threads": torch.get_num_threads()}
+            "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(), "threads": torch.get_num_threads(),
+            "trainable_backbone_tensors": len(torch_trainable_backbone(model))}
 
 
 def _worker(args) -> None:
@@ -139,6 +179,7 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (include compilation)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations")
+    parser.add_argument("--repeats", type=int, default=1, help="alternated repetitions of every measurement")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS),
                         help="run a subset (the side-by-side table needs both sides of a row)")
     parser.add_argument("--worker", choices=MEASUREMENTS, help=argparse.SUPPRESS)
@@ -147,28 +188,37 @@ def main(argv=None) -> None:
         _worker(args)
         return
 
-    results = {}
-    for name in args.only:
-        results[name] = _measure(name, args)
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
-    print(f"\nDETR-R50, {args.height}x{args.width}, CPU ({os.cpu_count()} cores), "
-          f"{args.iters} timed iterations after {args.warmup} warm-up")
-    print(f"{'measurement':<34}{'MindSpore':>12}{'PyTorch':>12}{'MS/PT':>8}")
+    runs = {name: [] for name in args.only}
+    for _ in range(args.repeats):
+        for name in args.only:  # MEASUREMENTS alternates the two sides
+            runs[name].append(_measure(name, args))
+            print(f"{name}: {json.dumps(runs[name][-1])}", flush=True)
+    print(f"\nDETR-R50, {args.height}x{args.width}, CPU ({os.cpu_count()} cores), {args.iters} timed iterations "
+          f"after {args.warmup} warm-up, {args.repeats} alternated repeat(s): median [min-max]")
+    print(f"{'measurement':<34}{'MindSpore':>22}{'PyTorch':>22}{'MS/PT':>8}")
     for mode, label in (("infer", "inference bs1"), ("train", "train step bs2")):
-        if f"ms_{mode}" not in results or f"torch_{mode}" not in results:
+        if f"ms_{mode}" not in runs or f"torch_{mode}" not in runs:
             continue
-        ms_res, pt_res = results[f"ms_{mode}"], results[f"torch_{mode}"]
+        ms_runs, pt_runs = runs[f"ms_{mode}"], runs[f"torch_{mode}"]
+        if mode == "train":
+            print(f"{label}: trainable backbone tensors  MindSpore {ms_runs[0]['trainable_backbone_tensors']}, "
+                  f"PyTorch {pt_runs[0]['trainable_backbone_tensors']}")
         rows = [
-            (f"{label}: images/s", ms_res["images_per_s"], pt_res["images_per_s"], "{:.3f}"),
-            (f"{label}: s/step", ms_res["step_s"], pt_res["step_s"], "{:.2f}"),
-            (f"{label}: warm-up s (compile)", ms_res["warmup_s"], pt_res["warmup_s"], "{:.1f}"),
-            (f"{label}: peak RSS MB", ms_res["peak_rss_mb"], pt_res["peak_rss_mb"], "{:.0f}"),
-            (f"{label}: peak - base MB", ms_res["peak_rss_mb"] - ms_res["base_rss_mb"],
-             pt_res["peak_rss_mb"] - pt_res["base_rss_mb"], "{:.0f}"),
+            (f"{label}: images/s", "images_per_s", "{:.3f}"),
+            (f"{label}: s/step", "step_s", "{:.2f}"),
+            (f"{label}: warm-up s (compile)", "warmup_s", "{:.1f}"),
+            (f"{label}: peak RSS MB", "peak_rss_mb", "{:.0f}"),
         ]
-        for title, a, b, fmt in rows:
-            print(f"{title:<34}{fmt.format(a):>12}{fmt.format(b):>12}{a / b:>8.2f}")
+        for title, key, fmt in rows:
+            a, b = _spread([r[key] for r in ms_runs], fmt), _spread([r[key] for r in pt_runs], fmt)
+            ratio = statistics.median(r[key] for r in ms_runs) / statistics.median(r[key] for r in pt_runs)
+            print(f"{title:<34}{a:>22}{b:>22}{ratio:>8.2f}")
 
+
+def _spread(values, fmt: str) -> str:
+    """``median [min-max]`` of repeated measurements, formatted with ``fmt``."""
+    text = fmt.format(statistics.median(values))
+    return text if len(values) == 1 else f"{text} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 if __name__ == "__main__":
     main()
