@@ -7,6 +7,7 @@ Expected box corners below were worked out by hand from the annotation file (a t
 import json
 
 import cv2
+import mindspore as ms
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +16,8 @@ from src.config import load_config
 from src.data.dataset import create_dataset
 from src.data.mosaic import MosaicSampleTransform, mosaic, random_tile_crop
 from src.data.transforms import FixedResize, build_eval_transform, prepare_target
+from src.engine.trainer import TrainOptions, train
+from src.runtime import RuntimeInfo
 
 TILE = 64
 
@@ -137,3 +140,13 @@ def test_pipeline_with_mosaic_gives_fixed_size_batches(shared_data, tmp_path):
         assert (batch["img_size"] == 128).all()
         valid = batch["tgt_boxes"][batch["tgt_valid"]]
         assert ((valid >= 0) & (valid <= 1)).all()
+
+
+def test_tiny_mosaic_config_halves_its_loss_on_real_images(tmp_path, shared_data):
+    cfg = load_config("configs/detr/detr_tiny_mosaic.yaml", ["train.checkpoint_interval=1000", "train.epochs=1000"])
+    opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
+                        max_steps=250, max_images=2)
+    ms.set_seed(cfg["train"]["seed"])  # as train.py's init_context does
+    losses = np.asarray(train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))["losses"])
+    assert np.all(np.isfinite(losses))
+    assert losses[-10:].mean() <= 0.5 * losses[:10].mean(), losses
