@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 
 from src.config import load_config
+from src.data.transforms import build_eval_transform
 from src.models.detr.convert import is_reimpl_layout, reimpl_to_hub
 from src.models.detr.detr import build_detr
-from src.data.transforms import build_eval_transform
 from tools.convert_weights import main as convert_main
 
 torch = pytest.importorskip("torch")
