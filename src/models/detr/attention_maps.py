@@ -96,7 +96,7 @@ def _overlay(ax, image_rgb: np.ndarray, heat: np.ndarray) -> None:
 def _figure(panels: int):
     cols = min(panels, PANELS_PER_ROW)
     rows = -(-panels // cols)
-    fig = Figure(figsize=(4 * cols, 3.4 * rows), dpi=100)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
 
 
@@ -132,9 +132,9 @@ def plot_decoder_attention(image_rgb: np.ndarray, result: dict, path: Path, scor
     return len(order)
 
 
-def default_points(image_rgb: np.ndarray, result: dict, score_threshold: float, count: int = 4) -> list:
+def default_points(image_rgb: np.ndarray, result: dict, score_threshold: float, count: int = 3) -> list:
     """(x, y) pixel points for the encoder figure: the centres of the best ``count`` detections at or above
-    ``score_threshold``, else the centres of the four image quadrants."""
+    ``score_threshold``, else points at a quarter and three quarters of the image."""
     height, width = image_rgb.shape[:2]
     order = [i for i in np.argsort(-result["scores"], kind="stable") if result["scores"][i] >= score_threshold]
     if not order:
