@@ -134,14 +134,48 @@ def _hf_layer_key(kind: str, index: str, rest: str):
     return (f"{prefix}{target}.{param}" if target else None), None
 
 
-def _pack_qkv(packed: dict, hub: dict, unmapped: list) -> None:
-    """Stack ``packed[target] = {"q": ..., "k": ..., "v": ...}`` into ``hub[target]`` in torch's (q, k, v) row
-    order; incomplete sets go to ``unmapped``."""
+def _first_match(rules, key: str):
+    """The target of the first ``(pattern, rename)`` rule whose pattern matches ``key``, else None."""
+    for pattern, rename in rules:
+        match = pattern.match(key)
+        if match:
+            return rename(match)
+    return None
+
+
+def _rename_to_hub(state: dict, rename_key):
+    """Apply ``rename_key(key) -> (hub_key or None, part)`` to every entry; q/k/v parts are stacked in torch's
+    (q, k, v) row order into the packed ``in_proj_*`` they name.
+
+    Returns:
+        Tuple ``(hub_state, unmapped)``: the renamed dict and the sorted source keys no rule accepts (including
+        q/k/v sets with a member missing).
+    """
+    hub, unmapped, packed = {}, [], {}
+    for key, value in state.items():
+        target, part = rename_key(key)
+        if target is None:
+            unmapped.append(key)
+        elif part is not None:
+            packed.setdefault(target, {})[part] = value
+        else:
+            hub[target] = value
     for target, parts in packed.items():
         if set(parts) == {"q", "k", "v"}:
             hub[target] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
         else:
             unmapped.append(f"{target} (q/k/v projections incomplete: only {sorted(parts)})")
+    return hub, sorted(unmapped)
+
+
+def _hf_key(key: str):
+    backbone = _HF_BACKBONE.match(key)
+    if backbone:
+        return _hf_backbone_key(backbone[1]), None
+    layer = _HF_LAYER.match(key)
+    if layer:
+        return _hf_layer_key(layer[1], layer[2], layer[3])
+    return _first_match(_HF_TOP, key), None
 
 
 def hf_to_hub(state: dict):
@@ -151,29 +185,7 @@ def hf_to_hub(state: dict):
         Tuple ``(hub_state, unmapped)``: the renamed dict (q/k/v stacked into ``in_proj_*``) and the sorted
         HF keys no rule accepts (including q/k/v sets with a member missing).
     """
-    hub, unmapped, packed = {}, [], {}
-    for key, value in state.items():
-        target, part = None, None
-        backbone = _HF_BACKBONE.match(key)
-        layer = _HF_LAYER.match(key)
-        if backbone:
-            target = _hf_backbone_key(backbone[1])
-        elif layer:
-            target, part = _hf_layer_key(layer[1], layer[2], layer[3])
-        else:
-            for pattern, rename in _HF_TOP:
-                match = pattern.match(key)
-                if match:
-                    target = rename(match)
-                    break
-        if target is None:
-            unmapped.append(key)
-        elif part is not None:
-            packed.setdefault(target, {})[part] = value
-        else:
-            hub[target] = value
-    _pack_qkv(packed, hub, unmapped)
-    return hub, sorted(unmapped)
+    return _rename_to_hub(state, _hf_key)
 
 
 # csm-kr/detr_pytorch: backbone = nn.Sequential(*torchvision_resnet50.children()[:-2]), so its indices are
@@ -212,6 +224,14 @@ def _reimpl_layer_key(match):
     return None, None
 
 
+def _reimpl_key(key: str):
+    name = key[len("module."):] if key.startswith("module.") else key
+    layer = _REIMPL_LAYER.match(name)
+    if layer:
+        return _reimpl_layer_key(layer)
+    return _first_match(_REIMPL_TOP, name), None
+
+
 def is_reimpl_layout(keys) -> bool:
     """True for csm-kr/detr_pytorch naming (``transformer.encoder.encoders.*``, optionally ``module.``-prefixed)."""
     return any(k.startswith(("transformer.encoder.encoders.", "module.transformer.encoder.encoders.")) for k in keys)
@@ -231,27 +251,7 @@ def reimpl_to_hub(state: dict):
     Returns:
         Tuple ``(hub_state, unmapped)`` as :func:`hf_to_hub`.
     """
-    hub, unmapped, packed = {}, [], {}
-    for key, value in state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
-        target, part = None, None
-        layer = _REIMPL_LAYER.match(name)
-        if layer:
-            target, part = _reimpl_layer_key(layer)
-        else:
-            for pattern, rename in _REIMPL_TOP:
-                match = pattern.match(name)
-                if match:
-                    target = rename(match)
-                    break
-        if target is None:
-            unmapped.append(key)
-        elif part is not None:
-            packed.setdefault(target, {})[part] = value
-        else:
-            hub[target] = value
-    _pack_qkv(packed, hub, unmapped)
-    return hub, sorted(unmapped)
+    return _rename_to_hub(state, _reimpl_key)
 
 
 _LAYERNORM = re.compile(r"^(transformer\..*\.norm\d?)\.(weight|bias)$")
