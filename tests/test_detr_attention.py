@@ -3,8 +3,10 @@ converted weights, on a real image; the figures are written.
 
 The reference is a tiny transformers ``DetrForObjectDetection`` (hidden 32, 2 heads, 1 encoder and 2 decoder layers,
 20 queries: ``configs/detr/detr_tiny.yaml``'s model) on the random-weight ResNet-50 backbone built as in
-``tests/test_detr_parity.py`` (frozen BN statistics calibrated on the image), with eager attention so it returns
-its attention weights.
+``tests/test_detr_parity.py`` (frozen BN statistics calibrated on the image; its q/k projections scaled by 4 so the
+attention is not nearly uniform), with eager attention so it returns its attention weights. Both run on a real
+coco_tiny image as ``infer.py`` prepares it (eval resize, padded to the eval bucket with a padding mask), and the
+figures test reuses the same compiled graph.
 """
 
 import json
@@ -15,11 +17,13 @@ import numpy as np
 import pytest
 
 from src.config import load_config
+from src.data.dataset import BatchPadder
+from src.data.transforms import build_eval_transform
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, run_attention, write_attention_figures
 from src.models.detr.convert import convert_detr_checkpoint
 from src.models.detr.detr import build_detr
 from src.models.detr.postprocess import PostProcess
-from tests.test_detr_parity import CONFIGS, _calibrate_frozen_bn, _load_image
+from tests.test_detr_parity import CONFIGS, _calibrate_frozen_bn
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -27,10 +31,18 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory, shared_data):
-    """(HF reference model, our DETR with its converted weights, the image as float32 [1, 3, H, W])."""
+    """HF reference, our DetrAttentionNet with its converted weights, and a real image as infer.py feeds it."""
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-    model_cfg = {k: v for k, v in load_config(CONFIGS / "detr_tiny.yaml")["model"].items() if k != "name"}
+    cfg = load_config(CONFIGS / "detr_tiny.yaml")
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
+    path = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[0]
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    # The eval transform and the eval bucket, as run_attention does: 480x640 -> 120x160, padded to 160x160.
+    image, _, _ = build_eval_transform(cfg["data"])(rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int32), None)
+    batch = BatchPadder(cfg["data"]["eval_pad_buckets"], max_boxes=1)(
+        [image], [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int32)], [0], [np.array(rgb.shape[:2])],
+        [np.array(image.shape[1:])])
     torch.manual_seed(0)
     backbone_cfg = ResNetConfig(out_features=["stage4"], downsample_in_bottleneck=False,
                                 downsample_in_first_stage=False)
@@ -42,8 +54,7 @@ def tiny_pair(tmp_path_factory, shared_data):
                         num_queries=model_cfg["num_queries"])
     config._attn_implementation = "eager"  # sdpa returns no weights
     reference = DetrForObjectDetection(config).eval()
-    image = _load_image(shared_data, short_side=160)
-    _calibrate_frozen_bn(reference, torch.from_numpy(image))
+    _calibrate_frozen_bn(reference, torch.from_numpy(batch[0]))
     with torch.no_grad():  # HF's small init leaves attention nearly uniform; sharpen it so errors show
         for name, param in reference.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
@@ -53,17 +64,17 @@ def tiny_pair(tmp_path_factory, shared_data):
     convert_detr_checkpoint(root / "hf", root / "tiny.ckpt", model_cfg)
     ours = build_detr(**model_cfg)
     ms.load_param_into_net(ours, ms.load_checkpoint(str(root / "tiny.ckpt")), strict_load=True)
-    ours.set_train(False)
-    return reference, ours, image
+    return {"reference": reference, "net": DetrAttentionNet(ours, PostProcess()), "image": batch[0],
+            "mask": batch[1], "rgb": rgb, "stem": path.stem, "data_cfg": cfg["data"]}
 
 
 def test_attention_weights_equal_transformers(tiny_pair):
-    reference, ours, image = tiny_pair
+    image, mask = tiny_pair["image"], tiny_pair["mask"]
+    assert mask.any()  # the padded rows are masked keys on both sides
     with torch.no_grad():
-        expected = reference(torch.from_numpy(image), output_attentions=True)
-    mask = np.zeros((1,) + image.shape[2:], bool)
-    net = DetrAttentionNet(ours, PostProcess())
-    outputs = net(ms.Tensor(image), ms.Tensor(mask), ms.Tensor(np.array([image.shape[2:]], np.int32)))
+        expected = tiny_pair["reference"](torch.from_numpy(image), pixel_mask=torch.from_numpy(~mask).long(),
+                                          output_attentions=True)
+    outputs = tiny_pair["net"](ms.Tensor(image), ms.Tensor(mask), ms.Tensor(np.array([[480, 640]], np.int32)))
     feature_mask, encoder, decoder = (o.asnumpy() for o in outputs[3:])
     cross = expected.cross_attentions[-1].numpy()  # [1, heads, Q, h*w]
     assert decoder.shape == cross.shape == (1, 2, 20, feature_mask[0].size)
@@ -72,19 +83,15 @@ def test_attention_weights_equal_transformers(tiny_pair):
     np.testing.assert_allclose(encoder, expected.encoder_attentions[-1].numpy(), atol=1e-4, rtol=0)
 
 
-def test_attention_figures_are_written(tiny_pair, shared_data, tmp_path):
-    _, ours, _ = tiny_pair
-    path = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[0]
-    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    data_cfg = load_config(CONFIGS / "detr_tiny.yaml")["data"]
-    net = DetrAttentionNet(ours, PostProcess())
+def test_attention_figures_are_written(tiny_pair, tmp_path):
+    net, rgb, stem, data_cfg = tiny_pair["net"], tiny_pair["rgb"], tiny_pair["stem"], tiny_pair["data_cfg"]
     result = run_attention(net, rgb, data_cfg)
     hv, wv = result["decoder"].shape[1:]
-    assert result["encoder"].shape == (hv * wv, hv, wv)
-    np.testing.assert_allclose(result["decoder"].sum(axis=(1, 2)), 1.0, atol=1e-5)  # no padding cells left out
-    written = write_attention_figures(net, rgb, data_cfg, tmp_path, path.stem, score_threshold=0.0,
+    assert (hv, wv) == (4, 5) and result["encoder"].shape == (hv * wv, hv, wv)
+    np.testing.assert_allclose(result["decoder"].sum(axis=(1, 2)), 1.0, atol=1e-5)  # padding cells hold nothing
+    written = write_attention_figures(net, rgb, data_cfg, tmp_path, stem, score_threshold=0.0,
                                       points=[parse_point("100,80"), parse_point("500,300")])
-    assert [p.name for p in written] == [f"{path.stem}_decoder_attention.png", f"{path.stem}_encoder_attention.png"]
+    assert [p.name for p in written] == [f"{stem}_decoder_attention.png", f"{stem}_encoder_attention.png"]
     for figure in written:
         picture = cv2.imread(str(figure))
         assert picture is not None and picture.shape[0] > 200 and picture.std() > 10
