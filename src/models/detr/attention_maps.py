@@ -106,6 +106,12 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+def _ranked(result: dict, score_threshold: float) -> list:
+    """Query indices with score >= ``score_threshold``, best first."""
+    scores = result["scores"]
+    return [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= score_threshold]
+
+
 def plot_decoder_attention(image_rgb: np.ndarray, result: dict, path: Path, score_threshold: float,
                            max_panels: int = MAX_PANELS) -> int:
     """One panel per detection (score >= ``score_threshold``, best ``max_panels`` first): the image, the
@@ -117,8 +123,7 @@ def plot_decoder_attention(image_rgb: np.ndarray, result: dict, path: Path, scor
     Returns:
         The number of panels drawn (no file is written when it is 0).
     """
-    order = [i for i in np.argsort(-result["scores"], kind="stable") if result["scores"][i] >= score_threshold]
-    order = order[:max_panels]
+    order = _ranked(result, score_threshold)[:max_panels]
     if not order:
         return 0
     fig, axes = _figure(len(order))
@@ -136,7 +141,7 @@ def default_points(image_rgb: np.ndarray, result: dict, score_threshold: float, 
     """(x, y) pixel points for the encoder figure: the centres of the best ``count`` detections at or above
     ``score_threshold``, else points at a quarter and three quarters of the image."""
     height, width = image_rgb.shape[:2]
-    order = [i for i in np.argsort(-result["scores"], kind="stable") if result["scores"][i] >= score_threshold]
+    order = _ranked(result, score_threshold)
     if not order:
         return [(width * fx, height * fy) for fy in (0.25, 0.75) for fx in (0.25, 0.75)][:count]
     return [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in result["boxes"][order[:count]]]
