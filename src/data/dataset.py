@@ -265,7 +265,9 @@ def _check_batch_args(batch_size: int, rank_id: int, rank_size: int) -> None:
 
 def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_cfg: dict, rank_id: int,
               rank_size: int, seed: int, shuffle: Optional[bool], max_images: Optional[int]):
-    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`)."""
+    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`); in training
+    with ``data_cfg["mosaic_prob"] > 0``, zipped with three partner readers and mapped by
+    ``src.data.mosaic.MosaicSampleTransform`` instead."""
     shuffle = is_training if shuffle is None else shuffle
     workers = int(data_cfg.get("num_workers", 1))
     ds.config.set_seed(int(seed))
