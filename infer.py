@@ -1,6 +1,10 @@
 """Detect objects in image files and write, per image, ``<stem>.json`` and ``<stem>.jpg`` (boxes drawn).
 
 ``python infer.py --config CFG --checkpoint CKPT --images IMG [IMG ...] --output_dir OUT [--score_threshold 0.7]``
+
+DETR configs also take ``--attention [--attention_points X,Y ...]``: per image, ``<stem>_decoder_attention.png``
+(each detection's last-layer cross-attention) and ``<stem>_encoder_attention.png`` (encoder self-attention at the
+points; default the best detections' centres), see ``src.models.detr.attention_maps``.
 """
 
 import argparse
@@ -15,6 +19,7 @@ from src.engine.evaluate import InferenceNet
 from src.engine.predict import load_image, predict
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.models import build_model
+from src.models.detr.attention_maps import DetrAttentionNet, parse_point, write_attention_figures
 from src.runtime import DEVICE_TARGETS, init_context
 from src.visualize import draw_detections
 
@@ -29,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
     parser.add_argument("--pynative", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--attention", action="store_true", help="DETR only: also write attention figures")
+    parser.add_argument("--attention_points", nargs="+", default=None, metavar="X,Y",
+                        help="image points (pixels) for the encoder self-attention figure")
     return parser.parse_args(argv)
 
 
@@ -36,12 +44,17 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     threshold = cfg["eval"]["score_threshold"] if args.score_threshold is None else args.score_threshold
+    if args.attention and cfg["model"]["name"] != "detr":
+        raise SystemExit(f"--attention needs a DETR config (model.name: detr); {args.config} is "
+                         f"{cfg['model']['name']!r}")
+    points = [parse_point(p) for p in args.attention_points or []]
     images = [(Path(p), load_image(p)) for p in args.images]  # fail on a bad file before any work
     init_context(args.device_target, args.pynative)
     detector = build_model(cfg)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     net.set_train(False)
+    attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path, image in images:
@@ -53,6 +66,9 @@ def main(argv=None):
             raise RuntimeError(f"OpenCV could not encode the detections drawn on {path}")
         atomic_write_bytes(out / f"{path.stem}.jpg", encoded.tobytes())
         print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (path.stem + '.json')}")
+        if attention is not None:
+            for figure in write_attention_figures(attention, image, cfg["data"], out, path.stem, threshold, points):
+                print(f"{path}: attention figure -> {figure}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ class ConversionError(ValueError):
 
 
 def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
-    """Read a torch ``.pth`` file: the state dict itself, or a dict holding it under ``"model"``.
+    """Read a torch ``.pth`` file: the state dict itself, or a dict holding it under ``"model"`` or
+    ``"model_state_dict"``.
 
     Loading uses ``weights_only=True`` (no arbitrary pickled code), with ``argparse.Namespace`` allowed because
     some published checkpoints store their training arguments next to the weights. Non-tensor entries are skipped.
@@ -46,10 +47,13 @@ def load_torch_state_dict(path) -> Dict[str, np.ndarray]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, ...) for bad files
         raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint: {err}") from err
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
+    # facebookresearch/detr stores the weights under "model", csm-kr/detr_pytorch under "model_state_dict".
+    for wrapper in ("model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
     if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: expected a state dict (or a dict with 'model'), got {type(obj).__name__}")
+        raise ConversionError(f"{path}: expected a state dict (or a dict with 'model' or 'model_state_dict'), "
+                              f"got {type(obj).__name__}")
     return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
 
 

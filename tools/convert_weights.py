@@ -5,6 +5,7 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
     python tools/convert_weights.py --model detr --source detr-r50-e632da11.pth --output detr_r50.ckpt
     python tools/convert_weights.py --model detr --source ./detr-resnet-50/ --output detr_r50.ckpt \\
         --config configs/detr/detr_r50_dc5.yaml
+    python tools/convert_weights.py --model detr_reimpl --source detr_coco.best.pth.tar --output detr_1024.ckpt
     python tools/convert_weights.py --model focus_detr --source focus_detr_r50_4scale_12ep.pth \\
         --output focus_detr_r50.ckpt
     python tools/convert_weights.py --model defrcn --source model_reset_remove.pth --output defrcn_base.ckpt
@@ -14,6 +15,10 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
 
 ``--model detr``: ``--source`` is a torch-hub checkpoint or a Hugging Face model directory / weights file. Without
 ``--config`` the model is ``configs/detr/detr_r50.yaml`` with the ResNet depth read from the weights.
+
+``--model detr_reimpl``: ``--source`` is a csm-kr/detr_pytorch ``.pth.tar`` (``model_state_dict``, e.g. its
+``detr_coco.best.pth.tar``); the model is ``configs/detr/detr_r50_1024_mosaic.yaml`` unless ``--config`` is given.
+``--model detr`` recognizes that layout from its keys as well.
 
 ``--model focus_detr``: ``--source`` is a detrex Focus-DETR ``.pth``. Without ``--config`` the model is the
 default FocusDETR (detrex 4-scale 12ep settings) with the backbone read from the weights; with ``--config`` it is
@@ -51,6 +56,10 @@ def _convert_detr(source, output, config_path, overrides) -> str:
     model_cfg = load_config(config_path or CONFIGS / "detr" / "detr_r50.yaml", overrides)["model"]
     info = convert_detr_checkpoint(source, output, model_cfg, detect_backbone=config_path is None)
     return f"wrote {output}: {info['num_params']} parameters, backbone {info['backbone']}"
+
+
+def _convert_detr_reimpl(source, output, config_path, overrides) -> str:
+    return _convert_detr(source, output, config_path or CONFIGS / "detr" / "detr_r50_1024_mosaic.yaml", overrides)
 
 
 def _convert_focus_detr(source, output, config_path, overrides) -> str:
@@ -91,7 +100,7 @@ def _defrcn_converter(kind: str):
 
 # model family -> converter; see the module docstring for the signature.
 DEFRCN_KINDS = ("defrcn", "resnet_c2", "resnet_torchvision")
-CONVERTERS = {"detr": _convert_detr, "focus_detr": _convert_focus_detr,
+CONVERTERS = {"detr": _convert_detr, "detr_reimpl": _convert_detr_reimpl, "focus_detr": _convert_focus_detr,
               **{kind: _defrcn_converter(kind) for kind in DEFRCN_KINDS}}
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from src.data.coco import annotation_file as coco_annotation_file
 from src.data.coco import load_categories
 from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
+from src.data.mosaic import MosaicSampleTransform, add_mosaic_partners
 from src.data.sources import build_source, uses_sources
 from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
 
@@ -84,11 +85,9 @@ class SampleTransform:
             self._visits[image_id] = visit + 1
         return np.random.default_rng([self.seed, image_id, visit])
 
-    def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name, num_boxes):
+    def decode(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name, num_boxes):
+        """One record -> (uint8 [H, W, 3] RGB, float32 [n, 4] xyxy pixels, int32 [n] labels), untransformed."""
         image_id, height, width = int(image_id), int(height), int(width)
-        if image_id == PADDED_IMAGE_ID:
-            return (np.zeros((3, 1, 1), np.float32), np.zeros((0, 4), np.float32), np.zeros((0,), np.int32),
-                    np.int64(image_id), np.ones(2, np.int32), np.ones(2, np.int32))
         name = str(np.asarray(file_name))
         image = decode_image(data, image_id, name)
         if image.shape[:2] != (height, width):
@@ -96,8 +95,16 @@ class SampleTransform:
                              f"{image.shape[0]}x{image.shape[1]} (h x w) but its annotations are for "
                              f"{height}x{width}")
         n = int(num_boxes)  # rows past num_boxes are the writer's placeholder for images without boxes
-        boxes, labels = prepare_target(np.reshape(boxes, (-1, 4))[:n], np.reshape(category_id, -1)[:n],
-                                       np.reshape(iscrowd, -1)[:n], height, width)
+        return (image, *prepare_target(np.reshape(boxes, (-1, 4))[:n], np.reshape(category_id, -1)[:n],
+                                       np.reshape(iscrowd, -1)[:n], height, width))
+
+    def __call__(self, data, image_id, height, width, boxes, category_id, iscrowd, file_name, num_boxes):
+        image_id, height, width = int(image_id), int(height), int(width)
+        if image_id == PADDED_IMAGE_ID:
+            return (np.zeros((3, 1, 1), np.float32), np.zeros((0, 4), np.float32), np.zeros((0,), np.int32),
+                    np.int64(image_id), np.ones(2, np.int32), np.ones(2, np.int32))
+        image, boxes, labels = self.decode(data, image_id, height, width, boxes, category_id, iscrowd, file_name,
+                                           num_boxes)
         image, boxes, labels = self.transform(image, boxes, labels, self._rng(image_id))
         return (image, boxes, labels, np.int64(image_id), np.array([height, width], np.int32),
                 np.array(image.shape[1:], np.int32))
@@ -258,7 +265,9 @@ def _check_batch_args(batch_size: int, rank_id: int, rank_size: int) -> None:
 
 def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_cfg: dict, rank_id: int,
               rank_size: int, seed: int, shuffle: Optional[bool], max_images: Optional[int]):
-    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`)."""
+    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`); in training
+    with ``data_cfg["mosaic_prob"] > 0``, zipped with three partner readers and mapped by
+    ``src.data.mosaic.MosaicSampleTransform`` instead."""
     shuffle = is_training if shuffle is None else shuffle
     workers = int(data_cfg.get("num_workers", 1))
     ds.config.set_seed(int(seed))
@@ -275,9 +284,13 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
         dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
                                  num_parallel_workers=workers,
                                  sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
+    transform, columns = SampleTransform(is_training, data_cfg, seed), RECORD_COLUMNS
+    if is_training and data_cfg.get("mosaic_prob", 0.0) > 0:
+        dataset, columns = add_mosaic_partners(dataset, files, RECORD_COLUMNS, max_images or num_images, workers,
+                                               seed)
+        transform = MosaicSampleTransform(transform, data_cfg["mosaic_prob"], data_cfg["mosaic_tile_size"])
     # Threads, not processes: SampleTransform's per-image visit counts must be shared by all workers.
-    dataset = dataset.map(operations=SampleTransform(is_training, data_cfg, seed),
-                          input_columns=RECORD_COLUMNS, output_columns=SAMPLE_COLUMNS,
+    dataset = dataset.map(operations=transform, input_columns=columns, output_columns=SAMPLE_COLUMNS,
                           num_parallel_workers=workers, python_multiprocessing=False)
     buckets = data_cfg["train_pad_buckets"] if is_training else data_cfg["eval_pad_buckets"]
     padder = BatchPadder(buckets, data_cfg["max_boxes"], batch_size=None if is_training else batch_size)

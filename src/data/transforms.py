@@ -137,6 +137,19 @@ def resize(image: np.ndarray, boxes: np.ndarray, size: int, max_size: Optional[i
     return image, (boxes * scale).astype(np.float32)
 
 
+def resize_exact(image: np.ndarray, boxes: np.ndarray, size_hw: Tuple[int, int]):
+    """Resize to exactly ``size_hw`` = (h, w) pixels, aspect ratio not kept; scale xyxy pixel boxes to match.
+
+    csm-kr/detr_pytorch's ``Resize((h, w))`` (torchvision ``F.resize`` on a PIL image: PIL bilinear).
+    """
+    h, w = image.shape[:2]
+    oh, ow = int(size_hw[0]), int(size_hw[1])
+    if (oh, ow) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
+    scale = np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
+    return image, (boxes * scale).astype(np.float32)
+
+
 def crop(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, region: Tuple[int, int, int, int]):
     """Crop ``region`` = (top, left, height, width); boxes shifted, clamped, zero-area ones dropped.
 
@@ -182,6 +195,26 @@ class RandomResize:
         # A single size needs no draw, so the eval transform runs without a generator.
         size = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
         image, boxes = resize(image, boxes, size, self.max_size, self.rounding)
+        return image, boxes, labels
+
+
+class FixedResize:
+    """Resize every image to ``size_hw`` = (h, w) (csm-kr/detr_pytorch's last ``Resize((1024, 1024))``).
+
+    A fixed input size gives graph mode one shape: one compiled graph, one pad bucket, no padding mask.
+
+    Raises:
+        ValueError: ``size_hw`` is not two positive integers (the message names ``data.fixed_size``).
+    """
+
+    def __init__(self, size_hw: Sequence[int]):
+        if (not isinstance(size_hw, (list, tuple)) or len(size_hw) != 2
+                or not all(isinstance(v, int) and v > 0 for v in size_hw)):
+            raise ValueError(f"data.fixed_size must be null or [height, width] in pixels, got {size_hw!r}")
+        self.size_hw = (int(size_hw[0]), int(size_hw[1]))
+
+    def __call__(self, image, boxes, labels, rng: Optional[np.random.Generator] = None):
+        image, boxes = resize_exact(image, boxes, self.size_hw)
         return image, boxes, labels
 
 
@@ -289,6 +322,12 @@ def _rounding(data_cfg: dict) -> str:
     return data_cfg.get("resize_rounding", "detr")
 
 
+def _fixed_size(data_cfg: dict) -> list:
+    # data.fixed_size: null (default) or [h, w]; when set, every image ends at exactly that size.
+    size = data_cfg.get("fixed_size")
+    return [] if size is None else [FixedResize(size)]
+
+
 def build_train_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
 
@@ -296,14 +335,16 @@ def build_train_transform(data_cfg: dict) -> Compose:
     augmentation, ``ResizeShortestEdge(train_scales, train_max_size, "choice")`` then a horizontal flip with
     probability 0.5 (detectron2 ``build_augmentation``). Uses the keys train_scales, train_max_size,
     crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop (default True),
-    resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize (a ``NORMALIZE_MODES`` entry).
+    resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize (a ``NORMALIZE_MODES`` entry). With
+    ``data_cfg["fixed_size"]`` = [h, w] a :class:`FixedResize` ends the geometric part, as csm-kr/detr_pytorch
+    appends ``Resize((1024, 1024))`` to DETR's augmentation.
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
     rounding = _rounding(data_cfg)
     if not data_cfg.get("random_crop", True):
         return Compose([RandomResize(scales, max_size=max_size, rounding=rounding), RandomHorizontalFlip(),
-                        Normalize(normalize=_normalize_mode(data_cfg))])
+                        *_fixed_size(data_cfg), Normalize(normalize=_normalize_mode(data_cfg))])
     return Compose([
         RandomHorizontalFlip(),
         RandomSelect(
@@ -314,6 +355,7 @@ def build_train_transform(data_cfg: dict) -> Compose:
                 RandomResize(scales, max_size=max_size, rounding=rounding),
             ]),
         ),
+        *_fixed_size(data_cfg),
         Normalize(normalize=_normalize_mode(data_cfg)),
     ])
 
@@ -322,8 +364,11 @@ def build_eval_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``.
 
     ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry; ``data_cfg["resize_rounding"]`` (default detr)
-    a ``RESIZE_ROUNDINGS`` entry (detectron2's test-time ``ResizeShortestEdge`` for DeFRCN).
+    a ``RESIZE_ROUNDINGS`` entry (detectron2's test-time ``ResizeShortestEdge`` for DeFRCN). With
+    ``data_cfg["fixed_size"]`` = [h, w] the image is then resized to exactly that size (csm-kr/detr_pytorch's
+    test transform: short side 800, then ``Resize((1024, 1024))``).
     """
     return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"],
                                  rounding=_rounding(data_cfg)),
+                    *_fixed_size(data_cfg),
                     Normalize(normalize=_normalize_mode(data_cfg))])

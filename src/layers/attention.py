@@ -43,7 +43,7 @@ class MultiheadAttention(nn.Cell):
             ``i`` may not attend to key ``j`` (torch's boolean ``attn_mask``; e.g. DINO's denoising groups).
 
     Outputs:
-        Tensor[float32]: ``[B, Lq, E]``. Attention weights are not returned.
+        Tensor[float32]: ``[B, Lq, E]``. :meth:`attend` also returns the attention weights.
 
     Raises:
         ValueError: If ``embed_dim`` is not divisible by ``num_heads``.
@@ -78,6 +78,12 @@ class MultiheadAttention(nn.Cell):
         return x.reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def construct(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        return self.attend(query, key, value, key_padding_mask, attn_mask)[0]
+
+    def attend(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        """As ``construct``, returning ``(output [B, Lq, E], weights [B, h, Lq, Lk])``: the softmax weights per
+        head before dropout (transformers' ``output_attentions``); in graph mode an unused second output costs
+        nothing."""
         b, lq, _ = query.shape
         q = self._split_heads(self._project(query, 0) * self.scaling)
         k = self._split_heads(self._project(key, 1))
@@ -91,6 +97,6 @@ class MultiheadAttention(nn.Cell):
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)
             scores = scores + (bias if attn_mask.ndim == 2 else bias[:, None])
-        attn = self.attn_drop(ops.softmax(scores, axis=-1))
-        out = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
-        return self.out_proj(out)
+        weights = ops.softmax(scores, axis=-1)
+        out = ops.matmul(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
+        return self.out_proj(out), weights

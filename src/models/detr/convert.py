@@ -8,9 +8,11 @@ Sources understood:
   ``pytorch_model.bin``; or one such file) with either backbone naming: timm's (the torchvision names under
   ``model.backbone.conv_encoder.model.``, as in ``facebook/detr-resnet-50``) or HF's own ResNet
   (``embedder.embedder.*``, ``encoder.stages.{s}.layers.{b}.layer.{i}.*``, ``shortcut.*``). HF's separate
-  ``q_proj/k_proj/v_proj`` are stacked, in that order, into torch's packed ``in_proj_weight``/``in_proj_bias``.
+  ``q_proj/k_proj/v_proj`` are stacked, in that order, into torch's packed ``in_proj_weight``/``in_proj_bias``;
+* a csm-kr/detr_pytorch ``.pth.tar`` (``torch.load(f)["model_state_dict"]``, keys such as ``backbone.4.0.conv1.weight``
+  or ``transformer.encoder.encoders.0.attn.q.weight``; see :func:`reimpl_to_hub`).
 
-Hugging Face keys are first renamed to the torch-hub names (as transformers' own
+Hugging Face and csm-kr keys are first renamed to the torch-hub names (as transformers' own
 ``convert_detr_original_pytorch_checkpoint_to_pytorch.py`` does in reverse), and torch-hub names then map to the
 MindSpore names of ``src.models.detr.detr.DETR`` (``backbone.0.body`` -> ``backbone.body``, LayerNorm
 ``weight/bias`` -> ``gamma/beta``, ``query_embed.weight`` -> ``query_embed.embedding_table``). Layouts agree, so
@@ -36,8 +38,8 @@ from src.convert_common import (
 from src.models.detr.detr import build_detr
 
 __all__ = ["ConversionError", "IGNORED_SUFFIXES", "convert_detr_checkpoint", "hf_to_hub", "hub_to_mindspore_name",
-           "infer_backbone", "is_hf_layout", "load_source_state_dict", "map_to_model", "model_param_shapes",
-           "save_checkpoint_atomic"]
+           "infer_backbone", "is_hf_layout", "is_reimpl_layout", "load_source_state_dict", "map_to_model",
+           "model_param_shapes", "reimpl_to_hub", "save_checkpoint_atomic"]
 
 
 def load_source_state_dict(source) -> dict:
@@ -132,28 +134,26 @@ def _hf_layer_key(kind: str, index: str, rest: str):
     return (f"{prefix}{target}.{param}" if target else None), None
 
 
-def hf_to_hub(state: dict):
-    """Rename a Hugging Face DETR state dict to torch-hub names.
+def _first_match(rules, key: str):
+    """The target of the first ``(pattern, rename)`` rule whose pattern matches ``key``, else None."""
+    for pattern, rename in rules:
+        match = pattern.match(key)
+        if match:
+            return rename(match)
+    return None
+
+
+def _rename_to_hub(state: dict, rename_key):
+    """Apply ``rename_key(key) -> (hub_key or None, part)`` to every entry; q/k/v parts are stacked in torch's
+    (q, k, v) row order into the packed ``in_proj_*`` they name.
 
     Returns:
-        Tuple ``(hub_state, unmapped)``: the renamed dict (q/k/v stacked into ``in_proj_*``) and the sorted
-        HF keys no rule accepts (including q/k/v sets with a member missing).
+        Tuple ``(hub_state, unmapped)``: the renamed dict and the sorted source keys no rule accepts (including
+        q/k/v sets with a member missing).
     """
     hub, unmapped, packed = {}, [], {}
     for key, value in state.items():
-        target, part = None, None
-        backbone = _HF_BACKBONE.match(key)
-        layer = _HF_LAYER.match(key)
-        if backbone:
-            target = _hf_backbone_key(backbone[1])
-        elif layer:
-            target, part = _hf_layer_key(layer[1], layer[2], layer[3])
-        else:
-            for pattern, rename in _HF_TOP:
-                match = pattern.match(key)
-                if match:
-                    target = rename(match)
-                    break
+        target, part = rename_key(key)
         if target is None:
             unmapped.append(key)
         elif part is not None:
@@ -162,11 +162,96 @@ def hf_to_hub(state: dict):
             hub[target] = value
     for target, parts in packed.items():
         if set(parts) == {"q", "k", "v"}:
-            # torch packs the rows as (q, k, v).
             hub[target] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
         else:
             unmapped.append(f"{target} (q/k/v projections incomplete: only {sorted(parts)})")
     return hub, sorted(unmapped)
+
+
+def _hf_key(key: str):
+    backbone = _HF_BACKBONE.match(key)
+    if backbone:
+        return _hf_backbone_key(backbone[1]), None
+    layer = _HF_LAYER.match(key)
+    if layer:
+        return _hf_layer_key(layer[1], layer[2], layer[3])
+    return _first_match(_HF_TOP, key), None
+
+
+def hf_to_hub(state: dict):
+    """Rename a Hugging Face DETR state dict to torch-hub names.
+
+    Returns:
+        Tuple ``(hub_state, unmapped)``: the renamed dict (q/k/v stacked into ``in_proj_*``) and the sorted
+        HF keys no rule accepts (including q/k/v sets with a member missing).
+    """
+    return _rename_to_hub(state, _hf_key)
+
+
+# csm-kr/detr_pytorch: backbone = nn.Sequential(*torchvision_resnet50.children()[:-2]), so its indices are
+# 0 conv1, 1 bn1, (2 relu, 3 maxpool: no weights), 4..7 layer1..layer4.
+_REIMPL_BACKBONE = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+_REIMPL_TOP = [
+    (re.compile(r"^backbone\.([0-7])\.(.+)$"),
+     lambda m: f"backbone.0.body.{_REIMPL_BACKBONE[m[1]]}.{m[2]}" if m[1] in _REIMPL_BACKBONE else None),
+    (re.compile(r"^(input_proj|query_embed|transformer\.decoder\.norm)\.(weight|bias)$"), lambda m: m[0]),
+    (re.compile(r"^class_layer\.(weight|bias)$"), lambda m: f"class_embed.{m[1]}"),
+    (re.compile(r"^box_layer\.box_layers\.([024])\.(weight|bias)$"),
+     lambda m: f"bbox_embed.layers.{int(m[1]) // 2}.{m[2]}"),
+]
+_REIMPL_LAYER = re.compile(
+    r"^transformer\.(encoder\.encoders|decoder\.decoders)\.(\d+)\.(\w+)\.(?:(\w+)\.)?(weight|bias)$")
+_REIMPL_MODULES = {"attn": "self_attn", "attn_t": "self_attn", "attn_x": "multihead_attn", "norm1": "norm1",
+                   "norm2": "norm2", "norm3": "norm3"}
+
+
+def _reimpl_layer_key(match):
+    """``(hub_key, part)`` for one csm-kr transformer-layer key; ``part`` as in :func:`_hf_layer_key`."""
+    kind = "encoder" if match[1].startswith("encoder") else "decoder"
+    prefix = f"transformer.{kind}.layers.{match[2]}."
+    module, sub, param = match[3], match[4], match[5]
+    if module == "mlp" and sub in ("fc1", "fc2"):
+        return f"{prefix}linear{sub[-1]}.{param}", None
+    attn = _REIMPL_MODULES.get(module)
+    if attn is None or (sub is None) != module.startswith("norm"):
+        return None, None
+    if sub is None:
+        return f"{prefix}{attn}.{param}", None
+    if sub == "proj":
+        return f"{prefix}{attn}.out_proj.{param}", None
+    if sub in ("q", "k", "v"):
+        return f"{prefix}{attn}.in_proj_{param}", sub
+    return None, None
+
+
+def _reimpl_key(key: str):
+    name = key[len("module."):] if key.startswith("module.") else key
+    layer = _REIMPL_LAYER.match(name)
+    if layer:
+        return _reimpl_layer_key(layer)
+    return _first_match(_REIMPL_TOP, name), None
+
+
+def is_reimpl_layout(keys) -> bool:
+    """True for csm-kr/detr_pytorch naming (``transformer.encoder.encoders.*``, optionally ``module.``-prefixed)."""
+    return any(k.startswith(("transformer.encoder.encoders.", "module.transformer.encoder.encoders.")) for k in keys)
+
+
+def reimpl_to_hub(state: dict):
+    """Rename a csm-kr/detr_pytorch state dict to facebookresearch/detr (torch-hub) names.
+
+    Its network computes what facebookresearch/detr's does on an unpadded 1024x1024 input (its sine position
+    encoding is DETR's, built for a fixed 32x32 feature map; it has no padding mask), so only names change: its
+    ``nn.Sequential`` ResNet indices (``_REIMPL_BACKBONE``), its "timm-like" attention with
+    separate ``q``/``k``/``v`` linears (stacked into torch's packed ``in_proj_*``) and ``proj`` (``out_proj``),
+    ``mlp.fc1``/``mlp.fc2`` (``linear1``/``linear2``), ``attn_t``/``attn_x`` (decoder self/cross attention),
+    ``class_layer`` and ``box_layer.box_layers.{0,2,4}`` (``class_embed``, ``bbox_embed.layers.{0,1,2}``). A
+    ``module.`` prefix (a checkpoint saved from DistributedDataParallel) is removed.
+
+    Returns:
+        Tuple ``(hub_state, unmapped)`` as :func:`hf_to_hub`.
+    """
+    return _rename_to_hub(state, _reimpl_key)
 
 
 _LAYERNORM = re.compile(r"^(transformer\..*\.norm\d?)\.(weight|bias)$")
@@ -213,9 +298,11 @@ def map_to_model(state: dict, param_shapes: dict) -> dict:
     """
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     problems = []
-    if is_hf_layout(state):
-        state, unmapped = hf_to_hub(state)
-        problems += [f"unmapped source key: {k}" for k in unmapped]
+    for is_layout, to_hub in ((is_hf_layout, hf_to_hub), (is_reimpl_layout, reimpl_to_hub)):
+        if is_layout(state):
+            state, unmapped = to_hub(state)
+            problems += [f"unmapped source key: {k}" for k in unmapped]
+            break
     renamed = [(key, hub_to_mindspore_name(key), value) for key, value in state.items()]
     return assemble_params(renamed, param_shapes, problems)
 
@@ -244,7 +331,11 @@ def convert_detr_checkpoint(source, output, model_cfg: dict, detect_backbone: bo
     state = {k: v for k, v in load_source_state_dict(source).items() if not k.endswith(IGNORED_SUFFIXES)}
     model_cfg = dict(model_cfg)
     if detect_backbone:
-        hub_state = hf_to_hub(state)[0] if is_hf_layout(state) else state
+        hub_state = state
+        if is_hf_layout(state):
+            hub_state = hf_to_hub(state)[0]
+        elif is_reimpl_layout(state):
+            hub_state = reimpl_to_hub(state)[0]
         model_cfg["backbone"] = infer_backbone(hub_state) or model_cfg.get("backbone", "resnet50")
     params = map_to_model(state, model_param_shapes(model_cfg))
     save_checkpoint_atomic(params, output)

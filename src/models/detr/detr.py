@@ -55,13 +55,22 @@ class DETR(nn.Cell):
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
 
     def construct(self, image, mask):
+        pred_logits, pred_boxes, _, _, _ = self.forward_with_attention(image, mask)
+        return pred_logits, pred_boxes
+
+    def forward_with_attention(self, image, mask):
+        """``construct``'s outputs, then ``feature_mask`` (bool ``[B, h, w]``, True on padding, the grid the
+        attention keys live on), the last encoder layer's self-attention (float32 ``[B, heads, h*w, h*w]``) and the
+        last decoder layer's cross-attention (float32 ``[B, heads, Q, h*w]``); keys in row-major ``h x w`` order.
+        One forward: ``construct`` is this with the attention outputs unused."""
         feature, feature_mask = self.backbone(image, mask)
         pos = self.position_embedding(feature_mask)  # [B, C, h, w]
         query_embed = self.query_embed.embedding_table  # [Q, C]
-        hs, _ = self.transformer(self.input_proj(feature), feature_mask, query_embed, pos)
+        hs, _, encoder_weights, decoder_weights = self.transformer.forward_with_attention(
+            self.input_proj(feature), feature_mask, query_embed, pos)
         pred_logits = self.class_embed(hs)  # [L, B, Q, K+1]
         pred_boxes = ops.sigmoid(self.bbox_embed(hs))  # [L, B, Q, 4]
-        return pred_logits, pred_boxes
+        return pred_logits, pred_boxes, feature_mask, encoder_weights, decoder_weights
 
 
 def build_detr(backbone: str = "resnet50", dilation: bool = False, num_classes: int = 91,

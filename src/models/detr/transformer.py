@@ -27,7 +27,7 @@ class TransformerEncoderLayer(nn.Cell):
         pos (Tensor[float32]): ``[B, S, C]``.
 
     Outputs:
-        Tensor[float32]: ``[B, S, C]``.
+        Tuple of the output (Tensor[float32] ``[B, S, C]``) and the self-attention weights (``[B, h, S, S]``).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
@@ -43,9 +43,10 @@ class TransformerEncoderLayer(nn.Cell):
 
     def construct(self, src, key_padding_mask, pos):
         q = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(q, q, src, key_padding_mask)))
+        attended, weights = self.self_attn.attend(q, q, src, key_padding_mask)
+        src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(ops.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout2(ffn))
+        return self.norm2(src + self.dropout2(ffn)), weights
 
 
 class TransformerDecoderLayer(nn.Cell):
@@ -59,7 +60,7 @@ class TransformerDecoderLayer(nn.Cell):
         query_pos (Tensor[float32]): ``[B, Q, C]`` query embedding (added to self-attn q/k, cross-attn q).
 
     Outputs:
-        Tensor[float32]: ``[B, Q, C]``.
+        Tuple of the output (Tensor[float32] ``[B, Q, C]``) and the cross-attention weights (``[B, h, Q, S]``).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
@@ -79,14 +80,18 @@ class TransformerDecoderLayer(nn.Cell):
     def construct(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
-        cross = self.multihead_attn(tgt + query_pos, memory + pos, memory, memory_key_padding_mask)
+        cross, weights = self.multihead_attn.attend(tgt + query_pos, memory + pos, memory, memory_key_padding_mask)
         tgt = self.norm2(tgt + self.dropout2(cross))
         ffn = self.linear2(self.dropout(ops.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout3(ffn))
+        return self.norm3(tgt + self.dropout3(ffn)), weights
 
 
 class TransformerEncoder(nn.Cell):
-    """Stack of encoder layers (no final norm in the post-norm setting). Shapes as the layer."""
+    """Stack of encoder layers (no final norm in the post-norm setting).
+
+    Outputs:
+        Tuple of the output ``[B, S, C]`` and the last layer's self-attention weights ``[B, h, S, S]``.
+    """
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
@@ -95,16 +100,18 @@ class TransformerEncoder(nn.Cell):
         )
 
     def construct(self, src, key_padding_mask, pos):
+        weights = None
         for layer in self.layers:
-            src = layer(src, key_padding_mask, pos)
-        return src
+            src, weights = layer(src, key_padding_mask, pos)
+        return src, weights
 
 
 class TransformerDecoder(nn.Cell):
     """Stack of decoder layers returning the shared-norm output of every layer.
 
     Outputs:
-        Tensor[float32]: ``[L, B, Q, C]``; index ``-1`` is the final layer.
+        Tuple of Tensor[float32] ``[L, B, Q, C]`` (index ``-1`` is the final layer) and the last layer's
+        cross-attention weights ``[B, h, Q, S]``.
     """
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
@@ -116,10 +123,11 @@ class TransformerDecoder(nn.Cell):
 
     def construct(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
         intermediate = []
+        weights = None
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            tgt, weights = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
             intermediate.append(self.norm(tgt))
-        return ops.stack(intermediate)
+        return ops.stack(intermediate), weights
 
 
 class Transformer(nn.Cell):
@@ -141,7 +149,8 @@ class Transformer(nn.Cell):
 
     Outputs:
         Tuple of ``hs`` (Tensor[float32] ``[L, B, Q, C]``, decoder outputs after the shared norm) and
-        ``memory`` (Tensor[float32] ``[B, C, H, W]``, encoder output).
+        ``memory`` (Tensor[float32] ``[B, C, H, W]``, encoder output). :meth:`forward_with_attention` adds the
+        attention weights.
     """
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
@@ -157,12 +166,19 @@ class Transformer(nn.Cell):
                 param.set_data(initializer(XavierUniform(), param.shape, param.dtype))
 
     def construct(self, src, mask, query_embed, pos):
+        hs, memory, _, _ = self.forward_with_attention(src, mask, query_embed, pos)
+        return hs, memory
+
+    def forward_with_attention(self, src, mask, query_embed, pos):
+        """``construct``'s outputs followed by the last encoder layer's self-attention weights ``[B, h, HW, HW]``
+        and the last decoder layer's cross-attention weights ``[B, h, Q, HW]`` (keys in row-major ``H x W``
+        order; per head, before dropout)."""
         b, c, h, w = src.shape
         src = src.reshape(b, c, h * w).transpose(0, 2, 1)  # [B, HW, C]
         pos = pos.reshape(b, c, h * w).transpose(0, 2, 1)  # [B, HW, C]
         key_padding_mask = mask.reshape(b, h * w)
         query_pos = ops.broadcast_to(query_embed[None], (b, query_embed.shape[0], c))  # [B, Q, C]
         tgt = ops.zeros_like(query_pos)
-        memory = self.encoder(src, key_padding_mask, pos)
-        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos)
-        return hs, memory.transpose(0, 2, 1).reshape(b, c, h, w)
+        memory, encoder_weights = self.encoder(src, key_padding_mask, pos)
+        hs, decoder_weights = self.decoder(tgt, memory, key_padding_mask, pos, query_pos)
+        return hs, memory.transpose(0, 2, 1).reshape(b, c, h, w), encoder_weights, decoder_weights
