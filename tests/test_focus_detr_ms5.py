@@ -18,14 +18,18 @@ How the fixture ``tests/fixtures/focus_detr_ms5/`` was produced (the port's code
    width a fixed 256 in its code). Every parameter was set to :func:`port_weight` of its name and shape.
    ``port_params.json`` lists the port's parameter names and shapes in its own order; ``port_outputs.npz`` holds
    its ``pred_logits [1, 100, 91]`` and ``pred_boxes [1, 100, 4]`` for coco_tiny ``val2017/000000005001.jpg``
-   resized by our eval transform to 224x298 (short side 224, long side at most 320, ImageNet normalization), batch 1,
-   all-False mask.
+   (480x640) resized by our eval transform to 224x298 (short side 224, long side at most 320, ImageNet
+   normalization), batch 1, all-False mask.
 
 The tests rebuild that checkpoint (the 130 MB file is not committed: its values are :func:`port_weight` of the
-listed names), convert it with ``tools/convert_weights.py --model focus_detr_ms5`` and compare.
+listed names), convert it with ``tools/convert_weights.py --model focus_detr_ms5`` and compare; the last test runs
+the published README's ``scripts/DINO_eval_ms_coco.sh COCODIR CKPT`` on that checkpoint.
 """
 
 import json
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -48,7 +52,7 @@ CONFIG = ROOT / "configs" / "focus_detr" / "focus_detr_r50_5scale_mindspore_zoo.
 # The port's network size used for the fixture (see the module docstring); our model takes the same via --set.
 SMALL = ["model.enc_layers=2", "model.dec_layers=2", "model.feedforward_dim=256", "model.num_queries=100",
          "model.dn_number=0"]
-IMAGE = "coco_tiny/val2017/000000005001.jpg"
+IMAGE = "coco_tiny/val2017/000000005001.jpg"  # the first image eval.py --max_images 1 reads
 EVAL_SIZE = {"eval_size": 224, "eval_max_size": 320}
 
 
@@ -99,6 +103,7 @@ def converted(tmp_path_factory):
 
 
 def test_converted_port_checkpoint_gives_the_ports_outputs_on_a_real_image(converted, shared_data):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     detector = build_model(load_config(CONFIG, SMALL))
     load_pretrained(converted["output"], detector.network, strict=True)
     detector.network.set_train(False)
@@ -137,3 +142,46 @@ def test_converter_refuses_unshared_heads_and_unknown_keys(converted):
     assert "decoder heads are not shared: class_embed.1.weight differs from class_embed.0.weight" in message
     assert "unmapped source key: transformer.encoder.layers.0.mystery.weight" in message
     assert "incomplete self-attention projections of transformer.decoder.layers.0" in message
+
+
+def test_dino_eval_script_detects_converts_and_evaluates_the_port_checkpoint(converted, shared_data, tmp_path):
+    # The published README's command with the port's checkpoint and no config: the format is read from its keys.
+    source = tmp_path / "best_ckpt.ckpt"
+    source.symlink_to(converted["source"])
+    sizes = ["data.eval_size=224", "data.eval_max_size=320", "data.eval_pad_buckets=[[224, 298]]"]  # no padding
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1")
+    env.pop("DEVICE_TARGET", None)
+    proc = subprocess.run(["bash", "scripts/DINO_eval_ms_coco.sh", str(shared_data / "coco_tiny"), str(source),
+                           "--max_images", "1", "--output_dir", str(tmp_path / "eval"), "--set", *SMALL, *sizes],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "MindSpore model zoo 5-scale Focus-DETR checkpoint detected" in out
+    assert (tmp_path / "best_ckpt_converted.ckpt").is_file()
+    assert len([line for line in out.splitlines() if "Average Precision" in line or "Average Recall" in line]) == 12
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 1
+    saved = load_config(tmp_path / "eval" / "config.yaml")
+    assert saved["model"]["fts_modulation"] == "weighted_memory" and saved["model"]["num_classes"] == 91
+    # Graph-mode detections equal the port's: its post_process (sigmoid, top 300 of Q x 91, label = category id)
+    # applied to its outputs, boxes scaled to the 640x480 image and clipped, as detrex's detector_postprocess.
+    results = json.loads(next((tmp_path / "eval").glob("*results*.json")).read_text())
+    assert {r["image_id"] for r in results} == {5001}
+    expected = _port_detections(width=640.0, height=480.0)
+    for r in results:
+        x, y, w, h = r["bbox"]
+        same = ((expected["labels"] == r["category_id"]) & (np.abs(expected["scores"] - r["score"]) < 1e-4)
+                & (np.abs(expected["boxes"] - [x, y, x + w, y + h]).max(axis=1) < 0.05))
+        assert same.any(), r
+    assert len(results) >= 200
+
+
+def _port_detections(width: float, height: float) -> dict:
+    """The port's ``coco_eval.post_process`` on its fixture outputs, written here in NumPy, plus clipping."""
+    outputs = np.load(FIXTURES / "port_outputs.npz")
+    prob = 1.0 / (1.0 + np.exp(-outputs["pred_logits"][0].astype(np.float64)))
+    flat = prob.reshape(-1)
+    order = np.argsort(-flat, kind="stable")[:300]
+    cx, cy, w, h = outputs["pred_boxes"][0][order // prob.shape[1]].T
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) * [width, height, width, height]
+    boxes = np.clip(boxes, 0.0, [width, height, width, height])
+    return {"scores": flat[order], "labels": order % prob.shape[1], "boxes": boxes}

@@ -67,6 +67,20 @@ def is_ms5_state(keys) -> bool:
     return all(k in keys for k in SIGNATURE_KEYS)
 
 
+def checkpoint_is_ms5(path) -> bool:
+    """True when the MindSpore ``.ckpt`` at ``path`` is the model zoo's 5-scale Focus-DETR (by its keys).
+
+    Only the signature keys are read. A missing or unreadable file gives False (the caller reports it).
+    """
+    import mindspore as ms
+
+    try:
+        found = ms.load_checkpoint(str(path), choice_func=lambda name: name in SIGNATURE_KEYS)
+    except (ValueError, RuntimeError, TypeError, OSError):
+        return False
+    return is_ms5_state(found)
+
+
 def _layer_name(kind: str, rest: str):
     """Our name inside ``transformer.{kind}.layers.{j}.`` for the port's ``rest``, or None (dense1-3 handled apart)."""
     module, _, leaf = rest.partition(".")
