@@ -248,7 +248,7 @@ class FocusDETREncoder(nn.Cell):
 
         Args:
             feat_flatten (Tensor[float32]): ``[B, N, C]`` flattened neck features (no position), also the
-                deformable value of every layer.
+                deformable value of every layer unless ``value_from_memory``.
             pos_flatten (Tensor[float32]): ``[B, N, C]`` sine position + level embedding.
             mask_flatten (Tensor[bool]): ``[B, N]``, True on padding.
             reference_points (Tensor[float32]): ``[B, N, L, 2]`` encoder reference points (valid-ratio scaled).
