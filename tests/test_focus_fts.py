@@ -36,25 +36,17 @@ class _FirstChannel(nn.Cell):
 
 
 class _TopDown(nn.Cell):
-    def __init__(self, shapes, alpha):
+    """Runs a top-down scoring function (detrex's by default) with the channel-0 stand-in predictor."""
+
+    def __init__(self, shapes, alpha, scoring=top_down_foreground_scores):
         super().__init__()
         self.shapes = shapes
+        self.scoring = scoring
         self.predictor = _FirstChannel()
         self.alpha = ms.Parameter(Tensor(np.asarray(alpha, np.float32)), name="alpha")
 
     def construct(self, memory, padding_mask):
-        return top_down_foreground_scores(memory, padding_mask, self.shapes, self.predictor, self.alpha)
-
-
-class _WeightedMemory(nn.Cell):
-    def __init__(self, shapes, alpha):
-        super().__init__()
-        self.shapes = shapes
-        self.predictor = _FirstChannel()
-        self.alpha = ms.Parameter(Tensor(np.asarray(alpha, np.float32)), name="alpha")
-
-    def construct(self, memory, padding_mask):
-        return weighted_memory_foreground_scores(memory, padding_mask, self.shapes, self.predictor, self.alpha)
+        return self.scoring(memory, padding_mask, self.shapes, self.predictor, self.alpha)
 
 
 class _Select(nn.Cell):
@@ -289,7 +281,8 @@ def test_weighted_memory_scores_equal_the_model_zoo_algorithm_in_torch():
     alpha = [0.3, -0.7, 1.1]
     rng = np.random.default_rng(5)
     memory = rng.normal(size=(2, sum(h * w for h, w in shapes), 4)).astype(np.float32)
-    got = _WeightedMemory(shapes, alpha)(Tensor(memory), Tensor(np.zeros(memory.shape[:2], bool))).asnumpy()
+    scoring = _TopDown(shapes, alpha, weighted_memory_foreground_scores)
+    got = scoring(Tensor(memory), Tensor(np.zeros(memory.shape[:2], bool))).asnumpy()
 
     starts = np.cumsum([0] + [h * w for h, w in shapes])
     levels = [torch.from_numpy(memory[:, starts[i]:starts[i + 1]]) for i in range(len(shapes))]
