@@ -20,8 +20,8 @@ class Detector:
         criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``; None for a model
             with a ``loss_network``.
         postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] dataset category ids (raw
-            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots with label -1
-            and score 0.
+            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots, and Focus-DETR
+            boxes left empty by clipping to the image, with label -1 and score 0.
         loss_names: names of the entries of ``loss_terms`` (any length).
         loss_network: optional ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)`` that
             training uses instead of ``criterion(*network(image, mask), ...)``, for models whose forward pass
