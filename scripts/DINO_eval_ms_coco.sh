@@ -22,7 +22,8 @@ if [ $# -gt 0 ] && [[ $1 != -* ]]; then
   CONFIG=$1; shift
   if [ -e "$CONFIG" ]; then CONFIG=$(absolute "$CONFIG"); fi
 fi
-if [ "$(cd "$REPO" && "$PY" -m tools.checkpoint_format "$CKPT")" = focus_detr_ms5 ]; then
+# (A missing CKPT is left to eval.py to report.)
+if [ -f "$CKPT" ] && [ "$(cd "$REPO" && "$PY" -m tools.checkpoint_format "$CKPT")" = focus_detr_ms5 ]; then
   CONFIG=${CONFIG:-$REPO/configs/focus_detr/focus_detr_r50_5scale_mindspore_zoo.yaml}
   # eval.py takes "--set A B ..."; the converter takes "--set A --set B".
   SETS=(); in_set=0
