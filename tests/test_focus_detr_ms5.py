@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.convert_common import ConversionError
+from src.convert_common import ConversionError, cell_param_shapes
 from src.data.transforms import build_eval_transform
 from src.engine.checkpoint import load_pretrained
 from src.engine.predict import load_image
@@ -102,9 +102,14 @@ def converted(tmp_path_factory):
     return {"source": source, "output": output}
 
 
-def test_converted_port_checkpoint_gives_the_ports_outputs_on_a_real_image(converted, shared_data):
+@pytest.fixture(scope="module")
+def detector():
+    """Our small 5-scale model-zoo Focus-DETR (random init), built once for the tests of this module."""
+    return build_model(load_config(CONFIG, SMALL))
+
+
+def test_converted_port_checkpoint_gives_the_ports_outputs_on_a_real_image(converted, detector, shared_data):
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    detector = build_model(load_config(CONFIG, SMALL))
     load_pretrained(converted["output"], detector.network, strict=True)
     detector.network.set_train(False)
     image, _, _ = build_eval_transform(EVAL_SIZE)(load_image(shared_data / IMAGE), np.zeros((0, 4), np.float32),
@@ -117,11 +122,8 @@ def test_converted_port_checkpoint_gives_the_ports_outputs_on_a_real_image(conve
     np.testing.assert_allclose(outputs[1][-1].asnumpy(), expected["pred_boxes"], rtol=0, atol=1e-4)
 
 
-def test_converter_refuses_unshared_heads_and_unknown_keys(converted):
-    from src.convert_common import cell_param_shapes
-
-    network = build_model(load_config(CONFIG, SMALL)).network
-    shapes = cell_param_shapes(network)
+def test_converter_refuses_unshared_heads_and_unknown_keys(detector):
+    shapes = cell_param_shapes(detector.network)
     state = port_state()
     params, report = map_ms5_state(state, shapes)
     assert set(params) == set(shapes)
