@@ -124,6 +124,10 @@ def test_focus_detr_mindir_through_the_cli_equals_inference_net(tmp_path, shared
     # Sigmoid top-k detections sorted by score, labelled with raw COCO category ids.
     assert np.all(np.diff(got[0][0]) <= 0)
     assert set(got[1][0].tolist()) <= set(COCO_CATEGORY_NAMES)
+    # The exported graph clips to the original image (detectron2 detector_postprocess), as the eval network does.
+    height, width = (float(v) for v in real_input[2][0])
+    assert got[2][0][:, 0::2].min() >= 0 and got[2][0][:, 0::2].max() <= width
+    assert got[2][0][:, 1::2].min() >= 0 and got[2][0][:, 1::2].max() <= height
 
 
 def test_detr_r50_mindir_equals_inference_net(tmp_path, shared_data):

@@ -8,7 +8,7 @@ from mindspore import Tensor
 
 from src.models.focus_detr.decoder import inverse_sigmoid, sine_box_embedding
 from src.models.focus_detr.model import OffsetPositionEmbeddingSine, encoder_output_proposals, encoder_reference_points
-from src.models.focus_detr.postprocess import FocusPostProcess
+from src.models.focus_detr.postprocess import FocusDetectorPostProcess, FocusPostProcess
 
 
 def _torch_sine(pos, feats, temperature):
@@ -92,3 +92,19 @@ def test_postprocess_topk_over_queries_and_classes():
         cx, cy, w, h = boxes[b, query].T
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * sizes[b, [1, 0, 1, 0]]
         np.testing.assert_allclose(out[b], xyxy, rtol=1e-5)
+
+
+def test_postprocess_clips_boxes_to_the_image_and_drops_empty_ones():
+    # detectron2 detector_postprocess as detrex applies it: Boxes.clip to [0, w] x [0, h], then Boxes.nonempty.
+    logits = np.array([[[1.0, -1.0], [3.0, 2.0], [0.5, -2.0]]], np.float32)  # [B=1, Q=3, K=2]
+    boxes = np.array([[[0.9, 0.5, 0.4, 0.2],   # x 0.7..1.1: past the right edge
+                       [0.5, 0.5, 0.0, 0.3],   # zero width: empty, dropped (and it holds the two best scores)
+                       [0.1, 0.05, 0.1, 0.3]]], np.float32)  # y -0.1..0.2: past the top edge
+    sizes = np.array([[100.0, 200.0]], np.float32)  # (h, w)
+    post = FocusDetectorPostProcess(num_select=4, category_ids=[7, 9])
+    scores, labels, out = (t.asnumpy() for t in post(Tensor(logits[None]), Tensor(boxes[None]), Tensor(sizes)))
+    sigmoid = 1 / (1 + np.exp(-np.array([1.0, 0.5])))
+    np.testing.assert_allclose(scores, [[sigmoid[0], sigmoid[1], 0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(labels, [[7, 7, -1, -1]])
+    np.testing.assert_allclose(out[0, :2], [[140.0, 40.0, 200.0, 60.0], [10.0, 0.0, 30.0, 20.0]], atol=1e-4)
+    assert (out[0, 2:, 2] <= out[0, 2:, 0]).all()  # the dropped slots hold the empty clipped box

@@ -13,6 +13,7 @@ from src.models.focus_detr.fts import (
     select_foreground_tokens,
     top_down_foreground_scores,
     upsample_align_corners,
+    weighted_memory_foreground_scores,
 )
 
 SHAPES = ((8, 8), (4, 4), (2, 2), (1, 1))
@@ -35,14 +36,17 @@ class _FirstChannel(nn.Cell):
 
 
 class _TopDown(nn.Cell):
-    def __init__(self, shapes, alpha):
+    """Runs a top-down scoring function (detrex's by default) with the channel-0 stand-in predictor."""
+
+    def __init__(self, shapes, alpha, scoring=top_down_foreground_scores):
         super().__init__()
         self.shapes = shapes
+        self.scoring = scoring
         self.predictor = _FirstChannel()
         self.alpha = ms.Parameter(Tensor(np.asarray(alpha, np.float32)), name="alpha")
 
     def construct(self, memory, padding_mask):
-        return top_down_foreground_scores(memory, padding_mask, self.shapes, self.predictor, self.alpha)
+        return self.scoring(memory, padding_mask, self.shapes, self.predictor, self.alpha)
 
 
 class _Select(nn.Cell):
@@ -267,3 +271,29 @@ def test_selector_gradients_reach_alpha_and_predictor():
     alpha_grad = grads[names.index("alpha")].asnumpy()
     assert np.all(np.isfinite(alpha_grad)) and np.abs(alpha_grad).sum() > 0
     assert all(ops.isfinite(g).all() for g in grads)
+
+
+def test_weighted_memory_scores_equal_the_model_zoo_algorithm_in_torch():
+    # The MindSpore model zoo's 5-scale scoring written in torch from its DeformableTransformer.construct: the
+    # coarser level's score * memory, as a [B, 1, N, C] image, bilinearly resized (half-pixel) to (N_finer, C),
+    # times alpha[0], alpha[0], alpha[1], alpha[2] from the coarsest step down.
+    shapes = ((6, 8), (3, 4), (2, 2), (1, 2), (1, 1))
+    alpha = [0.3, -0.7, 1.1]
+    rng = np.random.default_rng(5)
+    memory = rng.normal(size=(2, sum(h * w for h, w in shapes), 4)).astype(np.float32)
+    scoring = _TopDown(shapes, alpha, weighted_memory_foreground_scores)
+    got = scoring(Tensor(memory), Tensor(np.zeros(memory.shape[:2], bool))).asnumpy()
+
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    levels = [torch.from_numpy(memory[:, starts[i]:starts[i + 1]]) for i in range(len(shapes))]
+    scores = [None] * len(shapes)
+    carried = None
+    for lvl, step_alpha in zip(range(4, -1, -1), [None, alpha[0], alpha[0], alpha[1], alpha[2]]):
+        mem = levels[lvl]
+        if carried is not None:
+            resized = F.interpolate(carried[:, None], size=tuple(mem.shape[1:]), mode="bilinear", align_corners=False)
+            mem = mem + resized[:, 0] * step_alpha
+        scores[lvl] = mem[:, :, 0:1]
+        carried = scores[lvl] * mem
+    expected = torch.cat(scores, dim=1)[:, :, 0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

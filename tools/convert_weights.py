@@ -8,6 +8,7 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
     python tools/convert_weights.py --model detr_reimpl --source detr_coco.best.pth.tar --output detr_1024.ckpt
     python tools/convert_weights.py --model focus_detr --source focus_detr_r50_4scale_12ep.pth \\
         --output focus_detr_r50.ckpt
+    python tools/convert_weights.py --model focus_detr_ms5 --source focus_detr_ms5.ckpt --output ours_ms5.ckpt
     python tools/convert_weights.py --model defrcn --source model_reset_remove.pth --output defrcn_base.ckpt
     python tools/convert_weights.py --model resnet_c2 --source R-101.pkl --output defrcn_r101_imagenet.ckpt
     python tools/convert_weights.py --model resnet_torchvision --source resnet101-5d3b4d8f.pth \\
@@ -24,6 +25,11 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
 default FocusDETR (detrex 4-scale 12ep settings) with the backbone read from the weights; with ``--config`` it is
 the network ``build_model`` makes from that config. Duplicated shared heads are checked and dropped; known-unused
 keys (the denoising label embedding) are listed on stdout.
+
+``--model focus_detr_ms5``: ``--source`` is the MindSpore model zoo's 5-scale Focus-DETR ``.ckpt`` (research/cv/
+Focus-DETR, R50 5-scale, 47.9 AP; see :mod:`src.models.focus_detr.convert_ms5`). Without ``--config`` the model is
+``configs/focus_detr/focus_detr_r50_5scale_mindspore_zoo.yaml``. The denoising label embedding it lacks is written as
+zeros and reported.
 
 ``--model defrcn`` / ``resnet_c2`` / ``resnet_torchvision`` (DeFRCN, see :mod:`src.models.defrcn.convert`):
 ``--source`` is a detectron2 / DeFRCN ``.pth`` (the class count is read from its box predictor; a predictor removed
@@ -80,6 +86,18 @@ def _convert_focus_detr(source, output, config_path, overrides) -> str:
     return "\n".join(lines)
 
 
+def _convert_focus_detr_ms5(source, output, config_path, overrides) -> str:
+    from src.models import build_model
+    from src.models.focus_detr.convert_ms5 import convert_ms5_checkpoint
+
+    config = config_path or CONFIGS / "focus_detr" / "focus_detr_r50_5scale_mindspore_zoo.yaml"
+    info = convert_ms5_checkpoint(source, output, build_model(load_config(config, overrides)).network)
+    lines = [f"wrote {output}: {info['num_params']} parameters from the MindSpore model zoo's 5-scale Focus-DETR, "
+             f"{len(info['duplicates'])} duplicated shared entries checked and dropped"]
+    lines += [f"not in the source: {name} ({why})" for name, why in info["filled"].items()]
+    return "\n".join(lines)
+
+
 def _defrcn_converter(kind: str):
     """Converter for one DeFRCN source layout (``kind`` of :func:`convert_defrcn_checkpoint`)."""
 
@@ -101,6 +119,7 @@ def _defrcn_converter(kind: str):
 # model family -> converter; see the module docstring for the signature.
 DEFRCN_KINDS = ("defrcn", "resnet_c2", "resnet_torchvision")
 CONVERTERS = {"detr": _convert_detr, "detr_reimpl": _convert_detr_reimpl, "focus_detr": _convert_focus_detr,
+              "focus_detr_ms5": _convert_focus_detr_ms5,
               **{kind: _defrcn_converter(kind) for kind in DEFRCN_KINDS}}
 
 

@@ -20,8 +20,8 @@ class Detector:
         criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``; None for a model
             with a ``loss_network``.
         postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] dataset category ids (raw
-            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots with label -1
-            and score 0.
+            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots, and Focus-DETR
+            boxes left empty by clipping to the image, with label -1 and score 0.
         loss_names: names of the entries of ``loss_terms`` (any length).
         loss_network: optional ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)`` that
             training uses instead of ``criterion(*network(image, mask), ...)``, for models whose forward pass
@@ -62,13 +62,15 @@ def build_model(cfg: dict, distributed: bool = False) -> Detector:
         from src.models.focus_detr.model import FocusDETR, FocusDETRWithImageMask, FocusDETRWithLoss
         from src.models.focus_detr.postprocess import FocusDetectorPostProcess
 
-        model_cfg = {k: v for k, v in cfg["model"].items() if k not in ("name", "aux_loss", "num_select")}
+        model_cfg = {k: v for k, v in cfg["model"].items()
+                     if k not in ("name", "aux_loss", "num_select", "labels_are_category_ids")}
         model_cfg["cascade"] = tuple(model_cfg["cascade"])
         focus_detr = FocusDETR(**model_cfg)
         network = FocusDETRWithImageMask(focus_detr)
         criterion = build_focus_criterion(num_classes=model_cfg["num_classes"], aux_loss=cfg["model"]["aux_loss"],
                                           distributed=distributed, **cfg["loss"])
-        postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"])
+        category_ids = range(model_cfg["num_classes"]) if cfg["model"]["labels_are_category_ids"] else None
+        postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"], category_ids)
         # Training runs the denoising queries, which need the targets inside the forward pass.
         return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"),
                         FocusDETRWithLoss(focus_detr, criterion))

@@ -65,6 +65,23 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def clip_boxes(boxes: Tensor, height, width) -> Tensor:
+    """Clamp xyxy boxes to x in ``[0, width]`` and y in ``[0, height]`` (detectron2 ``Boxes.clip``).
+
+    Args:
+        boxes: float tensor [..., 4] in xyxy format, pixels.
+        height, width: float32 scalars or tensors broadcastable to ``boxes[..., 0]``, in the same unit.
+
+    Returns:
+        Float tensor [..., 4]: the clipped boxes (a box wholly outside collapses to an empty one on the border).
+    """
+    x0 = ops.minimum(ops.maximum(boxes[..., 0], 0.0), width)
+    y0 = ops.minimum(ops.maximum(boxes[..., 1], 0.0), height)
+    x1 = ops.minimum(ops.maximum(boxes[..., 2], 0.0), width)
+    y1 = ops.minimum(ops.maximum(boxes[..., 3], 0.0), height)
+    return ops.stack([x0, y0, x1, y1], axis=-1)
+
+
 def _clamped_area(boxes: Tensor) -> Tensor:
     """Area with negative extents clamped to zero, so inverted boxes are empty."""
     wh = ops.relu(boxes[..., 2:] - boxes[..., :2])

@@ -18,8 +18,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
-from src.models.defrcn.rpn import clip_boxes
 from src.ops.box_coder import ROI_WEIGHTS, decode_boxes
+from src.ops.box_ops import clip_boxes
 from src.ops.nms import BatchedNMS
 from src.ops.roi_align import ROIAlignV2
 

@@ -20,19 +20,8 @@ from mindspore.common.initializer import Normal
 
 from src.ops.anchors import DEFAULT_RATIOS, DEFAULT_SIZES, cell_anchors
 from src.ops.box_coder import RPN_WEIGHTS, decode_boxes
+from src.ops.box_ops import clip_boxes
 from src.ops.nms import NMS
-
-
-def clip_boxes(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
-    """Clamp xyxy boxes ``[..., 4]`` to x in [0, width], y in [0, height] (detectron2 ``Boxes.clip``).
-
-    ``height`` and ``width`` are float32 scalars or tensors broadcastable to ``boxes[..., 0]``.
-    """
-    x0 = ops.minimum(ops.maximum(boxes[..., 0], 0.0), width)
-    y0 = ops.minimum(ops.maximum(boxes[..., 1], 0.0), height)
-    x1 = ops.minimum(ops.maximum(boxes[..., 2], 0.0), width)
-    y1 = ops.minimum(ops.maximum(boxes[..., 3], 0.0), height)
-    return ops.stack([x0, y0, x1, y1], axis=-1)
 
 
 class StandardRPNHead(nn.Cell):

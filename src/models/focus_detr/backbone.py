@@ -28,6 +28,8 @@ from src.backbones.swin import SWIN_CONFIGS, build_swin
 
 OUT_CHANNELS = (512, 1024, 2048)
 OUT_STRIDES = (8, 16, 32)
+# res2 in front: the MindSpore model zoo's 5-scale Focus-DETR reads C2..C5 (strides 4-32).
+RES2_CHANNELS = 256
 
 # Stochastic-depth rate of each Swin preset in the detrex Focus-DETR configs (Swin-T sets 0.1; the others keep
 # detectron2's SwinTransformer default).
@@ -77,19 +79,21 @@ def detectron2_to_mindspore_key(name: str) -> Optional[str]:
 
 
 class MultiLevelResNet(nn.Cell):
-    """ResNet-50/101 trunk returning res3, res4 and res5 (detectron2 ``out_features``).
+    """ResNet-50/101 trunk returning res3, res4 and res5 (detectron2 ``out_features``), optionally res2 too.
 
     Args:
         name: ``"resnet50"`` or ``"resnet101"``.
         freeze_stem: freeze the stem (detectron2 ``freeze_at=1``); FrozenBN statistics are never trained.
         train_backbone: if False every backbone parameter is frozen.
+        with_res2: also return res2 first (the MindSpore model zoo's 5-scale Focus-DETR, ``return_interm_indices
+            = [0, 1, 2, 3]``).
 
     Inputs:
         image (Tensor[float32]): ``[B, 3, H, W]`` normalized image.
 
     Outputs:
-        tuple[Tensor[float32]]: ``[B, 512, H/8, W/8]``, ``[B, 1024, H/16, W/16]``, ``[B, 2048, H/32, W/32]``
-        (sizes rounded up as the strided convs do).
+        tuple[Tensor[float32]]: (``[B, 256, H/4, W/4]`` with ``with_res2``), ``[B, 512, H/8, W/8]``,
+        ``[B, 1024, H/16, W/16]``, ``[B, 2048, H/32, W/32]`` (sizes rounded up as the strided convs do).
 
     Raises:
         ValueError: if ``name`` is unknown.
@@ -98,8 +102,10 @@ class MultiLevelResNet(nn.Cell):
     num_channels = OUT_CHANNELS
     strides = OUT_STRIDES
 
-    def __init__(self, name: str = "resnet50", freeze_stem: bool = True, train_backbone: bool = True):
+    def __init__(self, name: str = "resnet50", freeze_stem: bool = True, train_backbone: bool = True,
+                 with_res2: bool = False):
         super().__init__()
+        self.with_res2 = with_res2
         if name not in RESNET_DEPTHS:
             raise ValueError(f"unknown backbone {name!r}; supported: {sorted(RESNET_DEPTHS)}")
         self.body = ResNet(RESNET_DEPTHS[name])
@@ -117,26 +123,33 @@ class MultiLevelResNet(nn.Cell):
         res3 = body.layer2(res2)
         res4 = body.layer3(res3)
         res5 = body.layer4(res4)
+        if self.with_res2:
+            return res2, res3, res4, res5
         return res3, res4, res5
 
 
-def build_backbone(name: str, train_backbone: bool = True) -> Tuple[nn.Cell, Tuple[int, ...]]:
-    """Build the Focus-DETR backbone ``name`` and return it with its three output channel counts.
+def build_backbone(name: str, train_backbone: bool = True,
+                   with_res2: bool = False) -> Tuple[nn.Cell, Tuple[int, ...]]:
+    """Build the Focus-DETR backbone ``name`` and return it with its output channel counts.
 
     Args:
         name: ``"resnet50"``, ``"resnet101"`` or a Swin preset of :data:`src.backbones.swin.SWIN_CONFIGS`
             (``"swin_t"``, ``"swin_b_384"``, ``"swin_l_384"``, ...).
         train_backbone: if False every backbone parameter is frozen (the ResNet stem always is).
+        with_res2: ResNet only: also return res2 (stride 4) first.
 
     Returns:
-        tuple: the Cell (``image [B, 3, H, W] -> 3 maps at strides 8, 16, 32``, sizes ``ceil(H / s)``) and its
+        tuple: the Cell (``image [B, 3, H, W] -> maps at strides (4,) 8, 16, 32``, sizes ``ceil(H / s)``) and its
         output channels.
 
     Raises:
-        ValueError: if ``name`` is neither a ResNet nor a Swin preset.
+        ValueError: if ``name`` is neither a ResNet nor a Swin preset, or ``with_res2`` is asked of a Swin.
     """
     if name in RESNET_DEPTHS:
-        return MultiLevelResNet(name, freeze_stem=True, train_backbone=train_backbone), OUT_CHANNELS
+        channels = ((RES2_CHANNELS,) if with_res2 else ()) + OUT_CHANNELS
+        return MultiLevelResNet(name, freeze_stem=True, train_backbone=train_backbone, with_res2=with_res2), channels
+    if with_res2:
+        raise ValueError(f"with_res2 (backbone_levels 4) needs a ResNet backbone, got {name!r}")
     if name in SWIN_CONFIGS:
         swin = build_swin(name, out_indices=(1, 2, 3), drop_path_rate=SWIN_DROP_PATH.get(name, SWIN_DEFAULT_DROP_PATH))
         if not train_backbone:

@@ -23,6 +23,12 @@ foreground ranking, no OESM, no gather or scatter. The same parameters are used 
 ``ffns``); the OESM ones (``attentions.0``, ``norm2``) sit unused, so a Focus-DETR checkpoint loads unchanged.
 This is the baseline the paper's encoder cost is compared with (benchmarks/bench_focus_detr.py).
 
+Two options express the MindSpore model zoo's 5-scale Focus-DETR (linxid/Focus-DETR-mindspore
+``EncoderDeformableDecoderLayer`` and ``TransformerEncoder``): ``oesm_classes > 0`` gives every layer its own
+``linear_class`` (``nn.Dense(C, oesm_classes)``, 90 there) whose max logit alone is the OESM score (no shared head,
+no foreground factor), and ``value_from_memory=True`` makes the deformable cross-attention read the running memory
+(the output of the previous layers) instead of the original features.
+
 Deviations from the reference, all no-ops at batch size 1 without padding:
 - the reference's ``topk(mc_score, 300)`` fails when ``k_j < 300``; here the OESM size is ``min(300, k_j)``;
 - slots past an image's own token budget (possible in a padded batch) are ranked last by the OESM and masked as
@@ -118,7 +124,8 @@ class FocusEncoderLayer(nn.Cell):
     """One Focus-DETR encoder layer on a gathered token set (OESM self-attention + deformable cross-attention).
 
     Parameter names follow detrex: ``attentions.0.attn.*`` (MHA), ``attentions.1.*`` (MSDeformAttn),
-    ``norms.{0,1}`` and ``norm2`` (``nn.LayerNorm``: ``gamma/beta``), ``ffns.0.layers.*``.
+    ``norms.{0,1}`` and ``norm2`` (``nn.LayerNorm``: ``gamma/beta``), ``ffns.0.layers.*``; with ``oesm_classes``
+    also ``linear_class.{weight,bias}``.
 
     Args:
         embed_dim: width ``C``.
@@ -128,12 +135,15 @@ class FocusEncoderLayer(nn.Cell):
         num_points: deformable sampling points per level.
         dropout: dropout of attentions and FFN.
         oesm_topk: tokens taking part in the OESM self-attention (300); capped by the gathered count.
+        oesm_classes: 0 (detrex) or the width of this layer's own OESM class head (the MindSpore zoo's 90).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, feedforward_dim: int, num_levels: int, num_points: int = 4,
-                 dropout: float = 0.0, oesm_topk: int = OESM_TOPK):
+                 dropout: float = 0.0, oesm_topk: int = OESM_TOPK, oesm_classes: int = 0):
         super().__init__()
         self.oesm_topk = oesm_topk
+        if oesm_classes:
+            self.linear_class = nn.Dense(embed_dim, oesm_classes)
         self.attentions = nn.CellList([
             DetrexMHA(embed_dim, num_heads, dropout),
             MSDeformAttn(embed_dim, num_heads, num_levels, num_points, dropout),
@@ -142,17 +152,16 @@ class FocusEncoderLayer(nn.Cell):
         self.norm2 = nn.LayerNorm((embed_dim,), epsilon=1e-5)
         self.ffns = nn.CellList([FFN(embed_dim, feedforward_dim, dropout)])
 
-    def construct(self, query, query_pos, foreground, class_logits, slot_valid, value, value_mask, reference_points,
+    def construct(self, query, query_pos, oesm_score, slot_valid, value, value_mask, reference_points,
                   spatial_shapes: Tuple[Tuple[int, int], ...]):
         """Update the gathered tokens.
 
         Args:
             query (Tensor[float32]): ``[B, k, C]`` gathered tokens.
             query_pos (Tensor[float32]): ``[B, k, C]`` their positional + level embeddings.
-            foreground (Tensor[float32]): ``[B, k]`` their foreground logits.
-            class_logits (Tensor[float32]): ``[B, k, K]`` encoder class-head logits of ``query`` (MCSP).
+            oesm_score (Tensor[float32]): ``[B, k]`` the score ranking them for the OESM self-attention.
             slot_valid (Tensor[bool]): ``[B, k]``, True where the slot is really selected for that image.
-            value (Tensor[float32]): ``[B, N, C]`` original flattened neck features.
+            value (Tensor[float32]): ``[B, N, C]`` deformable value (neck features, or the running memory).
             value_mask (Tensor[bool]): ``[B, N]``, True on padding.
             reference_points (Tensor[float32]): ``[B, k, L, 2]`` normalized per-level reference points.
             spatial_shapes: static ``(H_l, W_l)`` per level.
@@ -162,8 +171,7 @@ class FocusEncoderLayer(nn.Cell):
         """
         num_slots = query.shape[1]
         oesm_k = min(self.oesm_topk, num_slots)
-        mc_score = class_logits.max(axis=-1) * foreground
-        mc_score = ops.select(slot_valid, mc_score, ops.full_like(mc_score, _LOW_SCORE))
+        mc_score = ops.select(slot_valid, oesm_score, ops.full_like(oesm_score, _LOW_SCORE))
         _, chosen = ops.topk(mc_score, oesm_k, dim=1, largest=True, sorted=True)
         chosen = chosen.astype(mstype.int32)
         chosen_tgt = gather_tokens(query, chosen)
@@ -212,16 +220,24 @@ class FocusDETREncoder(nn.Cell):
         token_selection: True = Focus-DETR (cascade-selected tokens, OESM); False = the DINO-equivalent encoder
             (every token through deformable self-attention in every layer, see the module docstring); then
             ``foreground``, ``indices`` and ``layer_valid`` are ignored.
+        oesm_classes: 0 = OESM score ``max(mcsp_head(token)) * foreground`` (detrex); ``> 0`` = each layer's own
+            ``linear_class`` of that width, max logit alone (the MindSpore zoo's 5-scale model).
+        value_from_memory: False = deformable value is the original features (detrex); True = the running memory
+            (the MindSpore zoo's model).
     """
 
     def __init__(self, mcsp_head: nn.Cell, embed_dim: int = 256, num_heads: int = 8, feedforward_dim: int = 2048,
                  num_layers: int = 6, num_levels: int = 4, num_points: int = 4, dropout: float = 0.0,
-                 oesm_topk: int = OESM_TOPK, token_selection: bool = True):
+                 oesm_topk: int = OESM_TOPK, token_selection: bool = True, oesm_classes: int = 0,
+                 value_from_memory: bool = False):
         super().__init__()
         self.num_layers = num_layers
         self.token_selection = token_selection
+        self.layer_heads = oesm_classes > 0
+        self.value_from_memory = value_from_memory
         self.layers = nn.CellList([
-            FocusEncoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, oesm_topk)
+            FocusEncoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, oesm_topk,
+                              oesm_classes)
             for _ in range(num_layers)
         ])
         self.enhance_mcsp = mcsp_head
@@ -232,7 +248,7 @@ class FocusDETREncoder(nn.Cell):
 
         Args:
             feat_flatten (Tensor[float32]): ``[B, N, C]`` flattened neck features (no position), also the
-                deformable value of every layer.
+                deformable value of every layer unless ``value_from_memory``.
             pos_flatten (Tensor[float32]): ``[B, N, C]`` sine position + level embedding.
             mask_flatten (Tensor[bool]): ``[B, N]``, True on padding.
             reference_points (Tensor[float32]): ``[B, N, L, 2]`` encoder reference points (valid-ratio scaled).
@@ -261,9 +277,12 @@ class FocusDETREncoder(nn.Cell):
             query_pos = gather_tokens(pos_flatten, idx)
             fg = ops.gather_elements(foreground, 1, idx)
             refs = gather_tokens(refs_flat, idx).reshape(batch, -1, num_levels, 2)
-            class_logits = self.enhance_mcsp(query)
-            updated = layer(query, query_pos, fg, class_logits, valid, feat_flatten, mask_flatten, refs,
-                            spatial_shapes)
+            if self.layer_heads:
+                oesm_score = layer.linear_class(query).max(axis=-1)
+            else:
+                oesm_score = self.enhance_mcsp(query).max(axis=-1) * fg
+            value = output if self.value_from_memory else feat_flatten
+            updated = layer(query, query_pos, oesm_score, valid, value, mask_flatten, refs, spatial_shapes)
             updated = ops.select(ops.broadcast_to(valid.expand_dims(-1), updated.shape), updated, query)
             output = scatter_tokens(output, idx, updated)
         return output

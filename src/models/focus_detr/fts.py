@@ -182,6 +182,69 @@ def top_down_foreground_scores(memory, padding_mask, spatial_shapes: Sequence[Tu
     return ops.concat(scores, axis=1)
 
 
+def half_pixel_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps of a 1-D linear resize with half-pixel centres (``align_corners=False``), edges clamped.
+
+    Output sample ``i`` reads source position ``p = (i + 0.5) * in_size / out_size - 0.5`` clamped to
+    ``[0, in_size - 1]``, as torch ``F.interpolate(mode='bilinear', align_corners=False)`` and MindSpore's
+    ``half_pixel`` mode: ``out[i] = (1 - f) * in[floor(p)] + f * in[min(floor(p) + 1, in_size - 1)]``.
+
+    Args:
+        in_size: source length.
+        out_size: target length.
+
+    Returns:
+        tuple: ``(low int32 [out_size], high int32 [out_size], frac float32 [out_size])``.
+    """
+    pos = (np.arange(out_size, dtype=np.float64) + 0.5) * in_size / out_size - 0.5
+    pos = np.clip(pos, 0.0, in_size - 1)
+    low = np.floor(pos).astype(np.int64)
+    high = np.minimum(low + 1, in_size - 1)
+    return low.astype(np.int32), high.astype(np.int32), (pos - low).astype(np.float32)
+
+
+def weighted_memory_foreground_scores(memory, padding_mask, spatial_shapes: Sequence[Tuple[int, int]],
+                                      mask_predictor, alpha):
+    """Foreground logits with the MindSpore model zoo's top-down modulation (its 5-scale Focus-DETR).
+
+    Follows ``DeformableTransformer.construct`` of linxid/Focus-DETR-mindspore (``models/focus_detr/
+    deformable_transformer.py``, the model zoo's ``research/cv/Focus-DETR``). Coarsest level first:
+    ``s_{L-1} = MP(m_{L-1})``; for ``l = L-2 .. 0``: ``m_l' = m_l + alpha[max(0, L-3-l)] * U_l(s_{l+1} * m_{l+1}')``
+    and ``s_l = MP(m_l')``. Unlike detrex (:func:`top_down_foreground_scores`), what is carried down is the
+    score-weighted memory of the coarser level (``[N_{l+1}, C]``), and ``U_l`` resizes it along the FLATTENED
+    token axis (the port runs a bilinear half-pixel resize on a ``[B, 1, N_{l+1}, C]`` tensor to ``(N_l, C)``,
+    which is a 1-D linear resize of the token sequence), not over the 2-D map. Alpha has ``L - 2`` entries; the
+    two coarsest steps share ``alpha[0]`` (for 5 levels: 0, 0, 1, 2).
+
+    Args:
+        memory (Tensor[float32]): ``[B, N, C]`` processed flattened tokens, finest level first.
+        padding_mask (Tensor[bool]): ``[B, N]``, True on padding (passed to the predictor's pooling).
+        spatial_shapes: static ``(H_l, W_l)`` per level.
+        mask_predictor (MaskPredictor): the shared predictor.
+        alpha (Parameter[float32]): ``[L-2]`` modulation strengths.
+
+    Returns:
+        Tensor[float32]: ``[B, N]`` raw logits in token order.
+    """
+    starts = level_start_indices(spatial_shapes)
+    num_levels = len(spatial_shapes)
+    scores = ()
+    carried = None
+    for lvl in range(num_levels - 1, -1, -1):
+        height, width = spatial_shapes[lvl]
+        begin, end = starts[lvl], starts[lvl] + height * width
+        mem = memory[:, begin:end]
+        if carried is not None:
+            low, high, frac = half_pixel_taps(carried.shape[1], height * width)
+            frac = Tensor(frac).reshape(1, -1, 1)
+            resized = ops.gather(carried, Tensor(low), 1) * (1.0 - frac) + ops.gather(carried, Tensor(high), 1) * frac
+            mem = mem + resized * alpha[max(0, num_levels - 3 - lvl)]
+        score = mask_predictor(mem, padding_mask[:, begin:end])
+        scores = (score,) + scores
+        carried = score.expand_dims(-1) * mem  # [B, N_l, C]
+    return ops.concat(scores, axis=1)
+
+
 def cascade_topk_sizes(num_tokens: int, rho: float = FOCUS_RHO,
                        cascade: Sequence[float] = CASCADE_RATIOS) -> Tuple[int, ...]:
     """Static number of top-k slots per encoder layer.

@@ -42,6 +42,7 @@ from src.models.focus_detr.fts import (
     MaskPredictor,
     select_foreground_tokens,
     top_down_foreground_scores,
+    weighted_memory_foreground_scores,
 )
 from src.models.focus_detr.neck import ChannelMapper
 
@@ -181,13 +182,20 @@ class FocusDETR(nn.Cell):
         oesm_topk: tokens of the OESM self-attention (300).
         pos_temperature: sine position temperature (10000 for 12ep configs, 20 for 24/36ep).
         pos_offset: sine position offset (-0.5 for 12ep, 0.0 for 24/36ep).
-        num_levels: feature levels (3 backbone + extras); the FTS modulation is written for any ``L``.
+        num_levels: feature levels (backbone levels + extras); the FTS modulation is written for any ``L``.
         dn_number: denoising query pairs per image in training (100); 0 disables denoising.
         label_noise_ratio: denoising class noise (0.5: a class is replaced with probability 0.25).
         box_noise_scale: denoising box noise (1.0).
         token_selection: True = Focus-DETR's encoder; False = the DINO-equivalent encoder over all tokens (see
             :class:`src.models.focus_detr.encoder.FocusDETREncoder`). Without token selection the foreground
             selector is not run and ``foreground_logits`` are zeros (a baseline for inference cost, not for training).
+        The MindSpore model zoo's 5-scale Focus-DETR (``configs/focus_detr/focus_detr_r50_5scale_mindspore_zoo.yaml``,
+        converted by :mod:`src.models.focus_detr.convert_ms5`) is expressed by four more options:
+        backbone_levels: 3 (res3-5, detrex) or 4 (res2-5; the extra level still comes from res5).
+        fts_modulation: ``"score_map"`` (detrex, :func:`~src.models.focus_detr.fts.top_down_foreground_scores`)
+            or ``"weighted_memory"`` (the zoo's, :func:`~src.models.focus_detr.fts.weighted_memory_foreground_scores`;
+            ``alpha`` then has ``num_levels - 2`` entries).
+        oesm_classes, value_from_memory: see :class:`src.models.focus_detr.encoder.FocusDETREncoder`.
 
     Inputs:
         image (Tensor[float32]): ``[B, 3, H, W]`` normalized, zero-padded bottom/right.
@@ -219,10 +227,15 @@ class FocusDETR(nn.Cell):
                  rho: float = FOCUS_RHO, cascade: Sequence[float] = CASCADE_RATIOS, oesm_topk: int = OESM_TOPK,
                  pos_temperature: float = 10000.0, pos_offset: float = -0.5, num_levels: int = 4,
                  dn_number: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
-                 token_selection: bool = True):
+                 token_selection: bool = True, backbone_levels: int = 3, fts_modulation: str = "score_map",
+                 oesm_classes: int = 0, value_from_memory: bool = False):
         super().__init__()
-        if num_levels < 3:
-            raise ValueError(f"num_levels must be >= 3 (three backbone levels plus extras), got {num_levels}")
+        if backbone_levels not in (3, 4):
+            raise ValueError(f"backbone_levels must be 3 (res3-5) or 4 (res2-5), got {backbone_levels}")
+        if num_levels < backbone_levels:
+            raise ValueError(f"num_levels must be >= backbone_levels ({backbone_levels}), got {num_levels}")
+        if fts_modulation not in ("score_map", "weighted_memory"):
+            raise ValueError(f"fts_modulation must be 'score_map' or 'weighted_memory', got {fts_modulation!r}")
         if enc_layers > len(cascade):
             raise ValueError(f"enc_layers={enc_layers} exceeds the {len(cascade)} cascade ratios")
         if dn_number < 0:
@@ -232,7 +245,7 @@ class FocusDETR(nn.Cell):
         self.embed_dim = embed_dim
         self.rho = rho
         self.cascade = tuple(cascade[:enc_layers])
-        self.backbone, backbone_channels = build_backbone(backbone, train_backbone)
+        self.backbone, backbone_channels = build_backbone(backbone, train_backbone, with_res2=backbone_levels == 4)
         self.neck = ChannelMapper(backbone_channels, embed_dim, num_outs=num_levels)
         self.position_embedding = OffsetPositionEmbeddingSine(embed_dim // 2, pos_temperature, offset=pos_offset)
 
@@ -250,7 +263,8 @@ class FocusDETR(nn.Cell):
         bbox_embed = nn.CellList(box_heads)
         self.transformer = FocusTransformer(
             class_embed, bbox_embed, embed_dim, num_heads, enc_layers, dec_layers, feedforward_dim, num_queries,
-            num_levels, num_points, dropout, oesm_topk, token_selection)
+            num_levels, num_points, dropout, oesm_topk, token_selection, fts_modulation, oesm_classes,
+            value_from_memory)
         # Assigned after the transformer so the shared heads are named ``class_embed.*`` / ``bbox_embed.*``.
         self.class_embed = class_embed
         self.bbox_embed = bbox_embed
@@ -306,12 +320,15 @@ class FocusTransformer(nn.Cell):
 
     def __init__(self, class_embed: nn.CellList, bbox_embed: nn.CellList, embed_dim: int, num_heads: int,
                  enc_layers: int, dec_layers: int, feedforward_dim: int, num_queries: int, num_levels: int,
-                 num_points: int, dropout: float, oesm_topk: int, token_selection: bool = True):
+                 num_points: int, dropout: float, oesm_topk: int, token_selection: bool = True,
+                 fts_modulation: str = "score_map", oesm_classes: int = 0, value_from_memory: bool = False):
         super().__init__()
         self.num_queries = num_queries
         self.embed_dim = embed_dim
         self.token_selection = token_selection
-        self.alpha = Parameter(initializer(ms.common.initializer.Uniform(0.3), (num_levels - 1,), ms.float32),
+        self.weighted_memory = fts_modulation == "weighted_memory"
+        num_alpha = num_levels - 2 if self.weighted_memory else num_levels - 1
+        self.alpha = Parameter(initializer(ms.common.initializer.Uniform(0.3), (num_alpha,), ms.float32),
                                name="alpha")
         self.level_embeds = Parameter(initializer(Normal(1.0), (num_levels, embed_dim), ms.float32),
                                       name="level_embeds")
@@ -320,7 +337,8 @@ class FocusTransformer(nn.Cell):
         self.enc_output_norm = nn.LayerNorm((embed_dim,), epsilon=1e-5)
         self.enc_mask_predictor = MaskPredictor(embed_dim, embed_dim)
         self.encoder = FocusDETREncoder(class_embed[-1], embed_dim, num_heads, feedforward_dim, enc_layers,
-                                        num_levels, num_points, dropout, oesm_topk, token_selection=token_selection)
+                                        num_levels, num_points, dropout, oesm_topk, token_selection=token_selection,
+                                        oesm_classes=oesm_classes, value_from_memory=value_from_memory)
         self.decoder = FocusDETRDecoder(bbox_embed, embed_dim, num_heads, feedforward_dim, dec_layers, num_levels,
                                         num_points, dropout)
         self.class_head = class_embed[-1]
@@ -368,8 +386,12 @@ class FocusTransformer(nn.Cell):
         if self.token_selection:
             # Foreground token selection on the processed (feature + position) tokens.
             fts_memory = self._process_memory(feat_flatten + pos_flatten, invalid)
-            fg_logits = top_down_foreground_scores(fts_memory, mask_flatten, spatial_shapes,
-                                                   self.enc_mask_predictor, self.alpha)
+            if self.weighted_memory:
+                fg_logits = weighted_memory_foreground_scores(fts_memory, mask_flatten, spatial_shapes,
+                                                              self.enc_mask_predictor, self.alpha)
+            else:
+                fg_logits = top_down_foreground_scores(fts_memory, mask_flatten, spatial_shapes,
+                                                       self.enc_mask_predictor, self.alpha)
             indices, layer_valid, _ = select_foreground_tokens(fg_logits, mask_flatten, rho, cascade)
             memory = self.encoder(feat_flatten, pos_flatten, mask_flatten, reference_points, fg_logits, indices,
                                   layer_valid, spatial_shapes)

@@ -2,7 +2,12 @@
 
 Follows detrex ``projects/focus_detr/modeling/focus_detr.py::FOCUS_DETR.inference``: sigmoid of the final-layer
 logits, one top-``num_select`` (300) over the flattened ``Q * K`` scores per image, ``label = index % K``,
-``query = index // K``, the query's cxcywh box converted to xyxy and scaled by the original image ``(w, h)``.
+``query = index // K``, the query's cxcywh box converted to xyxy and scaled by the original image ``(w, h)``;
+then detectron2's ``detector_postprocess`` (which detrex applies to every image): each box is clipped to
+``[0, w] x [0, h]`` (``Boxes.clip``) and boxes with zero width or height after clipping are dropped
+(``Boxes.nonempty``). Shapes stay static: a dropped detection keeps its slot with score 0 and label -1 (the zoo's
+empty-slot marking, which the evaluators, ``postprocess.py`` and ``infer.py`` skip), and the slots are re-sorted
+so the kept detections come first, in the reference's order.
 """
 
 import mindspore as ms
@@ -10,11 +15,11 @@ import numpy as np
 from mindspore import nn, ops
 
 from src.models.focus_detr.encoder import gather_tokens
-from src.ops.box_ops import box_cxcywh_to_xyxy
+from src.ops.box_ops import box_cxcywh_to_xyxy, clip_boxes
 
 
 class FocusPostProcess(nn.Cell):
-    """Top-k detections from sigmoid class scores.
+    """Top-k detections from sigmoid class scores, clipped to the image, empty boxes dropped.
 
     Args:
         num_select: detections kept per image (300); capped by ``Q * K``.
@@ -26,7 +31,8 @@ class FocusPostProcess(nn.Cell):
 
     Outputs:
         tuple: ``scores [B, S]`` float32 sorted descending, ``labels [B, S]`` int32 contiguous class indices
-        ``0..K-1`` (map to dataset category ids outside), ``boxes [B, S, 4]`` float32 xyxy in original pixels.
+        ``0..K-1`` (map to dataset category ids outside), ``boxes [B, S, 4]`` float32 xyxy in original pixels,
+        inside ``[0, w] x [0, h]``. Detections whose clipped box is empty come last, with score 0 and label -1.
     """
 
     def __init__(self, num_select: int = 300):
@@ -45,7 +51,15 @@ class FocusPostProcess(nn.Cell):
         height = orig_sizes[:, 0]
         width = orig_sizes[:, 1]
         scale = ops.stack([width, height, width, height], axis=1)[:, None, :]
-        return scores, labels, boxes * scale
+        boxes = clip_boxes(boxes * scale, height[:, None], width[:, None])
+        keep = ops.logical_and(boxes[..., 2] > boxes[..., 0], boxes[..., 3] > boxes[..., 1])
+        scores = ops.select(keep, scores, ops.zeros_like(scores))
+        labels = ops.select(keep, labels, ops.full_like(labels, -1))
+        # Sigmoid scores are > 0, so the dropped (score 0) slots sort last; kept ones keep their order.
+        scores, order = ops.topk(scores, k, dim=1, largest=True, sorted=True)
+        order = order.astype(ms.int32)
+        labels = ops.gather_elements(labels, 1, order)
+        return scores, labels, gather_tokens(boxes, order)
 
 
 class FocusDetectorPostProcess(nn.Cell):
@@ -61,7 +75,7 @@ class FocusDetectorPostProcess(nn.Cell):
 
     Outputs:
         tuple: ``scores [B, S]`` float32, ``labels [B, S]`` int32 category ids, ``boxes [B, S, 4]`` float32 xyxy in
-        original pixels.
+        original pixels, clipped to the image; a dropped (empty after clipping) detection has score 0 and label -1.
     """
 
     def __init__(self, num_select: int = 300, category_ids=None):
@@ -75,4 +89,5 @@ class FocusDetectorPostProcess(nn.Cell):
 
     def construct(self, pred_logits, pred_boxes, *rest):
         scores, labels, boxes = self.topk(pred_logits[-1], pred_boxes[-1], rest[-1])
-        return scores, ops.gather(self.category_ids, labels, 0), boxes
+        category = ops.gather(self.category_ids, ops.maximum(labels, 0), 0)
+        return scores, ops.select(labels >= 0, category, labels), boxes
