@@ -33,10 +33,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -44,7 +42,7 @@ import numpy as np
 from mindspore.mindrecord import FileReader, FileWriter
 
 from src.data.coco import ImageRecord, annotation_file, image_dir, load_coco_split
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, publish, remove_stale_temporaries, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +109,9 @@ def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, spli
     output_dir.mkdir(parents=True, exist_ok=True)
     images_folder = Path(images_folder)
     names = shard_names(split, num_shards)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{split}-", dir=output_dir))
+    remove_stale_temporaries(output_dir)
+    tmp_dir = output_dir / temporary_name(split)
+    tmp_dir.mkdir()
     try:
         writer = FileWriter(str(tmp_dir / f"{split}.mindrecord"), shard_num=num_shards, overwrite=True)
         writer.add_schema(SCHEMA, f"COCO {split} detection")
@@ -123,7 +123,7 @@ def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, spli
         remove_mindrecord(output_dir, split)
         for name in names:
             for suffix in ("", ".db"):
-                os.replace(tmp_dir / (name + suffix), output_dir / (name + suffix))
+                publish(tmp_dir / (name + suffix), output_dir / (name + suffix))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     stamp = {"format_version": FORMAT_VERSION, "split": split, "num_shards": num_shards, "files": names,

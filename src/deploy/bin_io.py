@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,6 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from src.evaluation.coco_evaluator import atomic_write_text
+from src.fileio import atomic_write_bytes
 
 MANIFEST_TXT = "manifest.txt"
 MANIFEST_JSON = "manifest.json"
@@ -104,17 +104,7 @@ def write_tensor(path: str | os.PathLike, array: np.ndarray, spec: TensorSpec | 
     if spec is not None and (array.dtype != np.dtype(spec.dtype) or tuple(array.shape) != tuple(spec.shape)):
         raise DeployError(f"{path}: {spec.name} must be {spec.dtype} {list(spec.shape)}, got {array.dtype} "
                           f"{list(array.shape)}")
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(array.tobytes())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
-    return path
+    return atomic_write_bytes(path, array.tobytes())
 
 
 def read_tensor(path: str | os.PathLike, spec: TensorSpec) -> np.ndarray:

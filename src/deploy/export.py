@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +21,7 @@ import mindspore as ms
 import numpy as np
 
 from src.deploy.bin_io import DeployError, input_specs
+from src.fileio import publish, remove_stale_temporaries, temporary_name
 
 EXTENSIONS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
@@ -113,7 +113,8 @@ def export_graph(net: ms.nn.Cell, inputs: Sequence[ms.Tensor], file_name: str | 
     fmt = check_format(file_format, device_target)
     final = output_path(file_name, fmt)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_stem = f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(final.parent)
+    tmp_stem = temporary_name(final.stem)
     tmp_base = final.parent / tmp_stem
     produced = final.parent / (tmp_stem + EXTENSIONS[fmt])
     try:
@@ -123,7 +124,7 @@ def export_graph(net: ms.nn.Cell, inputs: Sequence[ms.Tensor], file_name: str | 
             raise DeployError(f"MindSpore's {fmt} exporter failed: {_exporter_message(error)}") from error
         if not produced.is_file():
             raise DeployError(f"MindSpore's {fmt} exporter reported success but wrote no '{produced}'")
-        os.replace(produced, final)
+        publish(produced, final)
     except BaseException:
         for leftover in final.parent.glob(tmp_stem + "*"):
             if leftover.is_dir():
