@@ -7,24 +7,27 @@ mindyolo's ``__BASE__`` and mmdetection's ``_base_`` used flat).
 
 Strictness: the keys of the merged config must all appear in ``configs/defaults.yaml`` (for the
 model family named by ``model.name``), so a typo is an error naming the key instead of a silently
-ignored setting. Overrides from the command line (``--set train.lr=2e-4``) follow the same rule.
+ignored setting. Overrides from the command line (``--set train.lr=2e-4``) follow the same rule and are
+also type-checked against the default (:func:`check_override_type`) before anything is built or written.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from src.errors import InputError
 from src.fileio import atomic_write_text
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """Raised for an unreadable config, an unknown key or a malformed override."""
 
 
@@ -98,6 +101,47 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, parsed
 
 
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "a section (mapping)"}
+
+
+def check_override_type(dotted: str, value: Any, default: Any, text: str | None = None) -> Any:
+    """Check an override's parsed ``value`` against the key's ``default`` in ``configs/defaults.yaml``.
+
+    Rules: a null default accepts anything; a boolean accepts only ``true``/``false`` (not 0/1); an integer
+    only integers (not ``1.5``, not booleans); a number integers or floats (returned as float); a string any
+    scalar (``text``, the value as typed, is kept, so ``data.train_split=2017`` is the string ``'2017'``); a
+    list a list whose items follow the default's first item by the same rules (an empty default: any list).
+
+    Returns:
+        ``value``, converted where the rules say so.
+
+    Raises:
+        ConfigError: naming the key, the value and the expected type.
+    """
+    if default is None:
+        return value
+    expected = type(default)
+    if expected is str and value is not None and not isinstance(value, (list, dict)):
+        return text if text is not None and not isinstance(value, str) else str(value)
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        if expected is list and default:
+            return [check_override_type(f"{dotted}[{i}]", item, default[0]) for i, item in enumerate(value)]
+        return value
+    kind = _TYPE_NAMES.get(expected, expected.__name__)
+    raise ConfigError(f"{dotted} must be {kind} (default: {json.dumps(default)}), got {value!r} "
+                      f"({type(value).__name__})")
+
+
+def _default_of(schema: dict, keys: list[str]) -> Any:
+    node: Any = schema
+    for key in keys:
+        node = node[key]
+    return node
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     """Load a config, resolve its ``_base_``, apply overrides and check every key.
 
@@ -110,7 +154,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
 
     Raises:
         ConfigError: missing or unparsable file, a ``_base_`` chain deeper than one level,
-            an unknown key (named, with the file it came from) or a malformed override.
+            an unknown key (named, with the file it came from), a malformed override, or an override whose
+            value has the wrong type for its key (see :func:`check_override_type`).
     """
     path = Path(path)
     cfg = _read_yaml(path)
@@ -128,6 +173,13 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
         _check_keys(_nest(keys, value), schema, f"override '{text}'")
+        default = _default_of(schema, keys)
+        if not isinstance(default, dict):
+            raw = text.split("=", 1)[1].strip()
+            try:
+                value = check_override_type(".".join(keys), value, default, raw)
+            except ConfigError as err:
+                raise ConfigError(f"--set {text}: {err}") from err
         cfg = _merge(cfg, _nest(keys, value))
     return cfg
 
