@@ -12,6 +12,7 @@ per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores
 import argparse
 from pathlib import Path
 
+from src.cli import run
 from src.config import load_config, save_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet, evaluate_model
@@ -54,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,10 +12,10 @@ export ``Rsqrt``; the exporter's error is shown). Any model of ``src.models.buil
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from src.config import ConfigError, load_config
+from src.cli import run
+from src.config import load_config
 from src.deploy.bin_io import DeployError
 from src.deploy.export import (
     EXTENSIONS,
@@ -62,7 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DeployError, ConfigError, FileNotFoundError) as error:
-        sys.exit(f"export.py: error: {error}")
+    run(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 
+from src.cli import run
 from src.config import load_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
@@ -72,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

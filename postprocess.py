@@ -12,10 +12,9 @@ Writes ``bbox_results.json`` (COCO results) and ``metrics.json`` into OUT (defau
 
 import argparse
 import json
-import sys
 
-from src.config import ConfigError, load_config
-from src.deploy.bin_io import DeployError
+from src.cli import run
+from src.config import load_config
 from src.deploy.pipeline import postprocess_results
 
 
@@ -40,7 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DeployError, ConfigError, FileNotFoundError) as error:
-        sys.exit(f"postprocess.py: error: {error}")
+    run(main)

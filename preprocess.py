@@ -10,11 +10,10 @@ order. ``<id>`` is the image id zero-padded to 12 digits. See src/deploy/bin_io.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from src.config import ConfigError, load_config
-from src.deploy.bin_io import DeployError
+from src.cli import run
+from src.config import load_config
 from src.deploy.pipeline import preprocess_split
 
 
@@ -44,7 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DeployError, ConfigError, FileNotFoundError) as error:
-        sys.exit(f"preprocess.py: error: {error}")
+    run(main)

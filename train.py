@@ -8,6 +8,7 @@ is re-learned, so its keys are absent from the checkpoint).
 import argparse
 from pathlib import Path
 
+from src.cli import run
 from src.config import load_config, save_config
 from src.engine.trainer import TrainOptions, train
 from src.runtime import DEVICE_TARGETS, init_context
@@ -59,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -13,13 +13,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import mindspore as ms
 import numpy as np
 
+from src.errors import InputError
 from src.fileio import atomic_output
 
 # BatchNorm bookkeeping buffers; no converted model has a parameter for them and they change nothing numerically.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """Raised when a checkpoint cannot be mapped one-to-one onto the model; the message lists each problem."""
 
 

@@ -9,6 +9,7 @@ anything else (our own checkpoints; a missing or unreadable file is left to the 
 
 import sys
 
+from src.cli import run
 from src.models.focus_detr.convert_ms5 import checkpoint_is_ms5
 
 
@@ -22,4 +23,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 
+from src.cli import run
 from src.config import ConfigError, load_config
 from src.data.coco import CocoFormatError
 from src.data.few_shot import FewShotSplitError
@@ -62,4 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -50,6 +50,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from src.cli import run
 from src.config import load_config
 from src.convert_common import ConversionError
 
@@ -150,4 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -11,9 +11,8 @@ reported apart).
 """
 
 import argparse
-import sys
 
-from src.deploy.bin_io import DeployError
+from src.cli import run
 from src.deploy.pipeline import run_mindir
 from src.runtime import DEVICE_TARGETS, init_context
 
@@ -37,7 +36,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DeployError, FileNotFoundError) as error:
-        sys.exit(f"infer_mindir.py: error: {error}")
+    run(main)

@@ -16,6 +16,7 @@ See ``src/models/defrcn/surgery.py``.
 import argparse
 import sys
 
+from src.cli import run
 from src.models.defrcn.surgery import SurgeryError, model_surgery
 
 
@@ -38,4 +39,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 
+from src.cli import run
 from src.data.coco import CocoFormatError
 from src.data.few_shot_sampling import COCO_SHOTS, VOC_SHOTS, write_coco_few_shot, write_voc_few_shot
 from src.data.voc import VocFormatError
@@ -62,4 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

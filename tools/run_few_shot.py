@@ -25,6 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
+from src.cli import run
 from src.config import load_config
 from src.engine.few_shot_protocol import (
     DATASETS,
@@ -141,4 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from src.errors import InputError
 from src.evaluation.coco_evaluator import atomic_write_text
 from src.fileio import atomic_write_bytes
 
@@ -43,7 +44,7 @@ OUTPUT_NAMES = ("scores", "labels", "boxes")
 _STEM = re.compile(r"^\d{12,}$")
 
 
-class DeployError(RuntimeError):
+class DeployError(InputError, RuntimeError):
     """A user-facing deployment failure; the message names the file or option and what to do."""
 
 

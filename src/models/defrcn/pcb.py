@@ -45,6 +45,7 @@ from mindspore import Tensor, nn, ops
 from src.backbones.resnet import RESNET_DEPTHS, ResNet
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.few_shot import COCO_ALL_CLASSES, COCO_BASE_CLASSES, VOC_ALL_CLASSES, VOC_BASE_CLASSES
+from src.errors import InputError
 from src.fileio import atomic_write_bytes
 from src.ops.roi_align import ROIAlignV2
 
@@ -56,7 +57,7 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CACHE_FORMAT_VERSION = 1
 
 
-class PrototypeCacheError(ValueError):
+class PrototypeCacheError(InputError, ValueError):
     """A prototype cache file is unreadable or was built for another split, seed, extractor or class list."""
 
 

@@ -36,6 +36,7 @@ from mindspore import Parameter
 
 from src.data.few_shot import COCO_ALL_CLASSES, COCO_BASE_CLASSES, VOC_ALL_CLASSES, VOC_BASE_CLASSES
 from src.engine.checkpoint import META_EPOCH, META_EXTRA_KEYS, META_OPTIMIZER_KEYS, META_STEP
+from src.errors import InputError
 from src.fileio import atomic_output
 
 PREDICTOR = "roi_heads.box_predictor"
@@ -48,7 +49,7 @@ CLS_INIT_STD = 0.01
 BOX_INIT_STD = 0.001
 
 
-class SurgeryError(ValueError):
+class SurgeryError(InputError, ValueError):
     """The source checkpoint cannot undergo the requested surgery (missing key, wrong shape, bad option)."""
 
 
