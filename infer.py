@@ -1,9 +1,12 @@
-"""Detect objects in image files and write, per image, ``<stem>.json`` and ``<stem>.jpg`` (boxes drawn).
+"""Detect objects in image files and write, per image, ``<name>.json`` and ``<name>.jpg`` (boxes drawn).
 
-``python infer.py --config CFG --checkpoint CKPT --images IMG [IMG ...] --output_dir OUT [--score_threshold 0.7]``
+``python infer.py --config CFG --checkpoint CKPT --images IMG|DIR|'GLOB' ... --output_dir OUT [--score_threshold 0.7]``
 
-DETR configs also take ``--attention [--attention_points X,Y ...]``: per image, ``<stem>_decoder_attention.png``
-(each detection's last-layer cross-attention) and ``<stem>_encoder_attention.png`` (encoder self-attention at the
+``<name>`` is the image's stem, qualified by its parent folders when two inputs share a stem, with ``_det``
+appended when an output would land on an input (inputs are never overwritten); see ``src/infer_paths.py``.
+
+DETR configs also take ``--attention [--attention_points X,Y ...]``: per image, ``<name>_decoder_attention.png``
+(each detection's last-layer cross-attention) and ``<name>_encoder_attention.png`` (encoder self-attention at the
 points; default the best detections' centres), see ``src.models.detr.attention_maps``.
 """
 
@@ -19,6 +22,7 @@ from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
 from src.engine.predict import load_image, predict
 from src.fileio import atomic_write_bytes, atomic_write_text
+from src.infer_paths import expand_inputs, output_names
 from src.models import build_model
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, write_attention_figures
 from src.runtime import DEVICE_TARGETS, init_context
@@ -29,7 +33,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--images", nargs="+", required=True,
+                        help="image files, directories (their images) or quoted glob patterns ('imgs/**/*.jpg')")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--score_threshold", type=float, default=None, help="default: eval.score_threshold")
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
@@ -49,7 +54,9 @@ def main(argv=None):
         raise SystemExit(f"--attention needs a DETR config (model.name: detr); {args.config} is "
                          f"{cfg['model']['name']!r}")
     points = [parse_point(p) for p in args.attention_points or []]
-    images = [(Path(p), load_image(p)) for p in args.images]  # fail on a bad file before any work
+    paths = expand_inputs(args.images)
+    names = output_names(paths, args.output_dir)
+    images = [(path, name, load_image(path)) for path, name in zip(paths, names)]  # bad files fail before any work
     init_context(args.device_target, args.pynative)
     detector = build_model(cfg)
     load_pretrained(args.checkpoint, detector.network, strict=True)
@@ -58,17 +65,17 @@ def main(argv=None):
     attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for path, image in images:
+    for path, name, image in images:
         detections = predict(net, image, cfg["data"], threshold)
-        atomic_write_text(out / f"{path.stem}.json", json.dumps(detections, indent=1))
+        atomic_write_text(out / f"{name}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
         ok, encoded = cv2.imencode(".jpg", drawn)
         if not ok:
             raise RuntimeError(f"OpenCV could not encode the detections drawn on {path}")
-        atomic_write_bytes(out / f"{path.stem}.jpg", encoded.tobytes())
-        print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (path.stem + '.json')}")
+        atomic_write_bytes(out / f"{name}.jpg", encoded.tobytes())
+        print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (name + '.json')}")
         if attention is not None:
-            for figure in write_attention_figures(attention, image, cfg["data"], out, path.stem, threshold, points):
+            for figure in write_attention_figures(attention, image, cfg["data"], out, name, threshold, points):
                 print(f"{path}: attention figure -> {figure}")
 
 

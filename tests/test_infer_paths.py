@@ -1,0 +1,97 @@
+"""infer.py's inputs and outputs: directories and globs, distinct names for same-stem inputs, inputs never overwritten.
+
+Real coco_tiny images, reached through symlinks in tmp_path so the layouts (two folders holding ``img.jpg``, an
+input inside the output folder) can be built without copying the data. One end-to-end ``infer.py`` run (tiny DETR,
+random weights, PyNative) checks the planned names are the ones written.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import mindspore as ms
+import pytest
+
+import infer
+from src.config import load_config
+from src.engine.checkpoint import save_checkpoint
+from src.errors import InputError
+from src.infer_paths import expand_inputs, output_names
+from src.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "detr" / "detr_tiny.yaml"
+
+
+@pytest.fixture()
+def images(shared_data):
+    return sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[:3]
+
+
+def _link(path: Path, target: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path
+
+
+def test_directory_and_glob_expand_to_their_images(tmp_path, images):
+    folder = tmp_path / "photos"
+    for image in images:
+        _link(folder / image.name, image)
+    (folder / "notes.txt").write_text("not an image")
+    _link(tmp_path / "deep" / "x" / "one.jpg", images[0])
+
+    assert expand_inputs([str(folder)]) == sorted(folder / i.name for i in images)
+    assert expand_inputs([str(tmp_path / "**" / "*.jpg")])[-1] == tmp_path / "photos" / images[-1].name
+    assert tmp_path / "deep" / "x" / "one.jpg" in expand_inputs([str(tmp_path / "**" / "*.jpg")])
+    # a file named twice (directly and through the directory) is one input
+    assert len(expand_inputs([str(folder / images[0].name), str(folder)])) == len(images)
+
+
+def test_nothing_matched_names_the_pattern_or_path(tmp_path):
+    with pytest.raises(InputError, match=r"pattern '.*nothing-\*\.jpg' matched no file"):
+        expand_inputs([str(tmp_path / "nothing-*.jpg")])
+    with pytest.raises(InputError, match=r"image not found: '.*missing\.jpg'"):
+        expand_inputs([str(tmp_path / "missing.jpg")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"directory '.*empty' holds no image file"):
+        expand_inputs([str(tmp_path / "empty")])
+
+
+def test_same_stem_inputs_get_distinct_folder_qualified_names(tmp_path, images):
+    a = _link(tmp_path / "a" / "img.jpg", images[0])
+    b = _link(tmp_path / "b" / "img.jpg", images[1])
+    c = _link(tmp_path / "c" / "other.jpg", images[2])
+    assert output_names([a, b, c], tmp_path / "out") == ["a_img", "b_img", "other"]
+    # same parent name too: one more folder level
+    d = _link(tmp_path / "x" / "a" / "img.jpg", images[2])
+    assert output_names([a, d], tmp_path / "out") == [f"{tmp_path.name}_a_img", "x_a_img"]
+
+
+def test_an_input_inside_the_output_folder_is_not_a_target(tmp_path, images):
+    out = tmp_path / "out"
+    inside = _link(out / "cat.jpg", images[0])
+    assert output_names([inside], out) == ["cat_det"]
+    # another input whose name is the protected one's new name stays distinct
+    clash = _link(tmp_path / "in" / "cat_det.png", images[1])
+    names = output_names([inside, clash], out)
+    assert names[0] != names[1] and "cat" not in names
+
+
+def test_infer_writes_the_planned_names_and_keeps_inputs(tmp_path, images):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    checkpoint = tmp_path / "tiny.ckpt"
+    save_checkpoint(checkpoint, build_model(load_config(TINY)).network)
+    out = tmp_path / "out"
+    inside = _link(out / "cat.jpg", images[0])  # its drawing would be out/cat.jpg
+    same_a = _link(tmp_path / "a" / "img.jpg", images[1])
+    same_b = _link(tmp_path / "b" / "img.jpg", images[2])
+    before = hashlib.sha256(inside.read_bytes()).hexdigest()
+
+    infer.main(["--config", str(TINY), "--checkpoint", str(checkpoint), "--images", str(inside), str(same_a),
+                str(same_b), "--output_dir", str(out), "--score_threshold", "0", "--pynative"])
+
+    assert inside.is_symlink() and hashlib.sha256(inside.read_bytes()).hexdigest() == before
+    written = sorted(p.name for p in out.iterdir() if p != inside)
+    assert written == ["a_img.jpg", "a_img.json", "b_img.jpg", "b_img.json", "cat_det.jpg", "cat_det.json"]
+    assert isinstance(json.loads((out / "b_img.json").read_text()), list)
