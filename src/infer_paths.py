@@ -6,8 +6,9 @@ with ``--attention``, ``<name>_decoder_attention.png`` / ``<name>_encoder_attent
 
 Naming rule: the name is the file stem. Inputs sharing a stem (``a/img.jpg``, ``b/img.png``) are qualified by
 as many parent folders as needed to tell them apart (``a_img``, ``b_img``). A name whose output file would be one
-of the inputs (an input lying in ``--output_dir`` with an output's name, e.g. ``out/cat.jpg``) gets the suffix
-``_det`` (``cat_det.jpg``). Stems are compared case-insensitively, for case-insensitive filesystems.
+of the inputs (an input lying in ``--output_dir`` with an output's name, e.g. ``out/cat.jpg``), or that an earlier
+input already has, gets the suffix ``_det`` until it is free (``cat_det.jpg``). Names are compared
+case-insensitively, for case-insensitive filesystems.
 """
 
 from __future__ import annotations
@@ -83,9 +84,7 @@ def output_names(images: Sequence[Path], output_dir: str | os.PathLike) -> List[
     out = Path(output_dir)
     result: List[str] = []
     used = set()
-    for index, name in enumerate(names):
-        if name.lower() in used:  # distinct files whose paths differ only in case
-            name = f"{name}_{index}"
+    for name in names:
         while name.lower() in used or _overwrites_input(out, name, images):
             name += PROTECT_SUFFIX
         used.add(name.lower())
