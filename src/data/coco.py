@@ -41,6 +41,10 @@ class CocoFormatError(InputError, ValueError):
     """Raised when a COCO directory or annotation file cannot be used; the message names the culprit."""
 
 
+class EmptySplitError(InputError, ValueError):
+    """Raised when a split or data source has no image to train or evaluate on; the message names its files."""
+
+
 @dataclass
 class ImageRecord:
     """One image and its annotations.

@@ -41,7 +41,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 from mindspore.mindrecord import FileReader, FileWriter
 
-from src.data.coco import ImageRecord, annotation_file, image_dir, load_coco_split
+from src.data.coco import EmptySplitError, ImageRecord, annotation_file, image_dir, load_coco_split
 from src.fileio import atomic_write_text, publish, remove_stale_temporaries, temporary_name
 
 logger = logging.getLogger(__name__)
@@ -228,8 +228,12 @@ def convert_coco_split(coco_path, split: str, output_dir, num_shards: int = 1,
 
     Raises:
         src.data.coco.CocoFormatError: invalid annotations or images (see ``src.data.coco``).
+        src.data.coco.EmptySplitError: the annotation file lists no image (the message names it).
     """
     records, categories, summary = load_coco_split(coco_path, split, verify_decode=verify_decode)
+    if not records:
+        raise EmptySplitError(f"split '{split}' has no images: {annotation_file(coco_path, split)} lists none; "
+                              f"pick another split or fix that annotation file")
     extra = _source_identity(coco_path, split)
     extra["categories"] = {str(k): v for k, v in categories.items()}
     extra["summary"] = str(summary)

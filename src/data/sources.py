@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from src.data.coco import CocoFormatError, ImageRecord, check_image_file, load_coco_annotations
+from src.data.coco import CocoFormatError, EmptySplitError, ImageRecord, check_image_file, load_coco_annotations
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.few_shot import (
     COCO_BASE_IDS,
@@ -267,7 +267,7 @@ class Source:
 
         Raises:
             CocoFormatError, VocFormatError, FewShotSplitError: invalid files (named in the message).
-            ValueError: no image is left.
+            EmptySplitError: no image is left (names the files read).
         """
         identity = self.identity()
         records, summary = self._read(check_files, verify_decode)
@@ -277,8 +277,10 @@ class Source:
             kept = [r for r in records if (r.iscrowd == 0).any()]
             dropped, records = len(records) - len(kept), kept
         if not records:
-            raise ValueError(f"data source {self.name} has no image left (classes {list(self.class_ids)}, "
-                             f"filter_empty={self.filter_empty}); {summary}")
+            files = ", ".join(str(p) for p in self._index_files()[0])
+            raise EmptySplitError(f"data source {self.name} has no image left (classes {list(self.class_ids)}, "
+                                  f"filter_empty={self.filter_empty}; read from {files}): {summary}; check the "
+                                  f"split name, the classes and those files")
         boxes = sum(len(r.boxes) for r in records)
         summary = (f"{summary}; {len(records)} images and {boxes} boxes of {len(self.class_ids)} classes kept, "
                    f"{dropped} images without a non-crowd box dropped")

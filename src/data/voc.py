@@ -128,6 +128,14 @@ def _text(node, tag: str, where: Path) -> str:
     return child.text.strip()
 
 
+def _number(node, tag: str, where: Path, context: str) -> float:
+    text = _text(node, tag, where)
+    try:
+        return float(text)
+    except ValueError:
+        raise VocFormatError(f"{where}: <{tag}> of {context} is {text!r}, not a number; fix that field") from None
+
+
 def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep_difficult: bool = True,
                   image_dir: Path | None = None) -> VocRecord:
     """Read one annotation file.
@@ -139,7 +147,8 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep
         image_dir: folder of the JPEG; defaults to ``../JPEGImages`` next to the annotation folder.
 
     Raises:
-        VocFormatError: unreadable XML, or a missing size / name / bndbox field.
+        VocFormatError: unreadable XML, a missing size / name / bndbox field, or a non-numeric size, difficult
+            or box coordinate (the message names the file, the field and the object).
     """
     xml_path = Path(xml_path)
     try:
@@ -149,20 +158,22 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep
     size = root.find("size")
     if size is None:
         raise VocFormatError(f"{xml_path}: missing <size>")
-    height, width = int(_text(size, "height", xml_path)), int(_text(size, "width", xml_path))
+    height, width = (int(_number(size, tag, xml_path, "<size>")) for tag in ("height", "width"))
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):
         name = _text(obj, "name", xml_path)
         if name not in class_names:
             continue
         diff_node = obj.find("difficult")
-        is_difficult = diff_node is not None and diff_node.text is not None and int(diff_node.text) == 1
+        is_difficult = diff_node is not None and diff_node.text is not None and _number(
+            obj, "difficult", xml_path, f"object {name!r}") == 1
         if is_difficult and not keep_difficult:
             continue
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise VocFormatError(f"{xml_path}: object {name!r} has no <bndbox>")
-        x0, y0, x1, y1 = (float(_text(bndbox, tag, xml_path)) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (_number(bndbox, tag, xml_path, f"object {name!r}")
+                          for tag in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append([x0 - 1.0, y0 - 1.0, x1, y1])
         labels.append(class_names.index(name))
         difficult.append(is_difficult)
