@@ -29,9 +29,30 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn
 
+from src.engine.checkpoint_kind import SHOWN_KEYS, mismatch_message, some_keys
+from src.errors import InputError
 from src.fileio import atomic_output
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointNotFoundError(InputError, FileNotFoundError):
+    """A checkpoint path that does not exist (the message names it)."""
+
+
+class CheckpointMismatchError(InputError, KeyError):
+    """A checkpoint whose keys do not fit the model; the message says which model it belongs to."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointShapeError(InputError, ValueError):
+    """A checkpoint whose tensors have other shapes than the model's (a few keys named, with both shapes)."""
+
+
+class CheckpointFormatError(InputError, ValueError):
+    """A file MindSpore cannot read as a checkpoint (a PyTorch file is recognised and named)."""
 
 META_EPOCH = "epoch"
 META_STEP = "step"
@@ -162,8 +183,16 @@ def save_checkpoint(
 def _load_dict(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
-    return ms.load_checkpoint(str(path))
+        raise CheckpointNotFoundError(f"checkpoint '{path}' does not exist; check the path")
+    try:
+        return ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, TypeError) as err:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip or legacy pickle format
+            raise CheckpointFormatError(f"'{path}' is a PyTorch file, not a MindSpore checkpoint; convert it first "
+                                        f"with tools/convert_weights.py") from err
+        raise CheckpointFormatError(f"cannot read '{path}' as a MindSpore checkpoint: {err}") from err
 
 
 def _check_shapes(targets: Mapping[str, Parameter], values: Mapping[str, Any], path) -> None:
@@ -173,7 +202,10 @@ def _check_shapes(targets: Mapping[str, Parameter], values: Mapping[str, Any], p
         if name in values and tuple(values[name].shape) != tuple(param.shape)
     ]
     if mismatched:
-        raise ValueError(f"shape mismatch loading '{path}' for {len(mismatched)} key(s): " + "; ".join(mismatched))
+        more = f"; and {len(mismatched) - SHOWN_KEYS} more" if len(mismatched) > SHOWN_KEYS else ""
+        raise CheckpointShapeError(f"shape mismatch loading '{path}' for {len(mismatched)} key(s): "
+                                   + "; ".join(mismatched[:SHOWN_KEYS]) + more
+                                   + "; the checkpoint was made for other settings (classes, queries, sizes)")
 
 
 def _assign(targets: Mapping[str, Parameter], values: Mapping[str, Any]) -> None:
@@ -192,17 +224,18 @@ def load_for_resume(path: str | os.PathLike, network: nn.Cell, optimizer: nn.Cel
 
     Raises:
         FileNotFoundError: missing file.
-        KeyError: the checkpoint lacks network/optimizer entries or epoch/step metadata (lists every key).
-        ValueError: shape mismatch (names each key with both shapes).
+        CheckpointMismatchError (a KeyError): the checkpoint lacks network/optimizer entries or epoch/step
+            metadata (a few keys named, the rest counted).
+        CheckpointShapeError (a ValueError): shape mismatch (up to three keys named with both shapes).
     """
     values = _load_dict(path)
     targets = {**_network_params(network), **_optimizer_state(network, optimizer)}
     missing = [name for name in targets if name not in values]
     missing += [name for name in (META_EPOCH, META_STEP) if name not in values]
     if missing:
-        raise KeyError(
-            f"checkpoint '{path}' cannot resume this run; missing {len(missing)} key(s): {missing}. "
-            f"Use load_pretrained for weight-only checkpoints."
+        raise CheckpointMismatchError(
+            f"checkpoint '{path}' cannot resume this run: {len(missing)} key(s) missing ({some_keys(missing)}); "
+            f"a weight-only checkpoint goes to --pretrained, a checkpoint of another model to its own config"
         )
     _check_shapes(targets, values, path)
     _assign(targets, values)
@@ -238,10 +271,12 @@ def load_pretrained(
         (missing_keys, unexpected_keys), each sorted.
 
     Raises:
-        FileNotFoundError: missing file.
-        KeyError: ``strict`` and some keys are missing or unexpected (all listed).
-        ValueError: a key present on both sides has a different shape (always an error: names the key,
-            the checkpoint shape and the model shape).
+        CheckpointNotFoundError (a FileNotFoundError): missing file.
+        CheckpointFormatError (a ValueError): not a MindSpore checkpoint (a PyTorch file is named as such).
+        CheckpointMismatchError (a KeyError): ``strict`` and some keys are missing or unexpected; the message
+            names the model the checkpoint belongs to (:mod:`src.engine.checkpoint_kind`) and a few keys.
+        CheckpointShapeError (a ValueError): a key present on both sides has a different shape (always an
+            error: names up to three keys, the checkpoint shape and the model shape).
     """
     values = _load_dict(path)
     ignored = _non_weight_keys(values)
@@ -251,10 +286,9 @@ def load_pretrained(
     unexpected = sorted(name for name in weights if name not in targets)
     _check_shapes(targets, weights, path)
     if missing or unexpected:
-        message = f"loading '{path}': missing keys {missing}; unexpected keys {unexpected}"
         if strict:
-            raise KeyError(message)
-        logger.warning(message)
+            raise CheckpointMismatchError(mismatch_message(path, weights, targets, missing, unexpected))
+        logger.warning("loading '%s': missing keys %s; unexpected keys %s", path, missing, unexpected)
     _assign(targets, weights)
     return missing, unexpected
 
