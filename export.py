@@ -3,6 +3,9 @@
 ``python export.py --config CFG --checkpoint CKPT --export_file_format MINDIR [--file_name NAME]
 [--batch_size 1] [--image_size H W] [--device_target CPU|GPU|Ascend]``
 
+The file goes beside the checkpoint (``run/detr-50_100.ckpt`` -> ``run/detr-50_100.mindir``) unless ``--file_name``
+names another path.
+
 Inputs of the exported graph: image float32 [B, 3, H, W], mask bool [B, H, W] (True on padding), orig_size
 int32 [B, 2] (h, w); outputs: scores float32 [B, Q], labels int32 [B, Q], boxes float32 [B, Q, 4] xyxy in
 original-image pixels. (H, W) defaults to the largest ``data.eval_pad_buckets`` entry; see
@@ -33,7 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (trained or converted)")
     parser.add_argument("--export_file_format", default="MINDIR", help=f"one of {sorted(EXTENSIONS)}")
-    parser.add_argument("--file_name", default=None, help="output path without extension (default: config stem)")
+    parser.add_argument("--file_name", default=None,
+                        help="output path without extension (default: the checkpoint's path without .ckpt, i.e. "
+                             "beside the checkpoint)")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="static padded input size; default: the largest data.eval_pad_buckets entry")
@@ -53,7 +58,7 @@ def main(argv=None):
         raise DeployError(f"checkpoint '{args.checkpoint}' does not exist; pass a trained or converted .ckpt")
     init_context(args.device_target)
     net = build_inference_net(cfg, args.checkpoint)
-    file_name = args.file_name or Path(args.config).stem
+    file_name = args.file_name or str(Path(args.checkpoint).with_suffix(""))
     path = export_graph(net, inputs, file_name, file_format, args.device_target)
     print(f"exported {file_format} to {path}: image float32 [{args.batch_size}, 3, {height}, {width}], mask bool "
           f"[{args.batch_size}, {height}, {width}], orig_size int32 [{args.batch_size}, 2] -> scores, labels, "
