@@ -3,8 +3,8 @@
 ``train.py``, ``eval.py``, ``infer.py``, ``export.py``, ``preprocess.py``, ``postprocess.py`` and ``tools/*.py``
 end with ``run(main)``. An :class:`src.errors.InputError` (a bad config key or value, a malformed annotation
 file, a checkpoint of another model...) or a missing input file (``FileNotFoundError``) is printed to stderr as
-``error: <message>`` and the process exits with status 2, like argparse's usage errors. Any other exception is a
-bug and keeps its traceback.
+``<program>: error: <message>`` and the process exits with status 2, as argparse does for usage errors. Any
+other exception is a bug and keeps its traceback.
 
 A full traceback for input errors too: pass ``--debug`` (anywhere on the command line; it is removed before
 ``main`` parses its arguments) or set the environment variable ``DETZOO_DEBUG=1``.
@@ -28,12 +28,14 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def run(main: Callable[[Optional[list]], object], argv: Optional[Sequence[str]] = None) -> None:
+def run(main: Callable[[Optional[list]], object], argv: Optional[Sequence[str]] = None,
+        prog: Optional[str] = None) -> None:
     """Call ``main(argv without --debug)`` and exit: with its return value, or 2 after a one-line input error.
 
     Args:
         main: the entry point's ``main(argv)``; it may return an exit status (``None`` means 0).
         argv: command-line arguments (default ``sys.argv[1:]``).
+        prog: the program name the error line starts with (default: the file name of ``sys.argv[0]``).
 
     Raises:
         SystemExit: always (the exit status).
@@ -47,6 +49,6 @@ def run(main: Callable[[Optional[list]], object], argv: Optional[Sequence[str]] 
         if debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        print(f"{prog or os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
     sys.exit(status if isinstance(status, int) else 0)

@@ -45,7 +45,7 @@ def test_set_type_error_is_one_line_before_any_output(tmp_path, shared_data):
                           env={k: v for k, v in os.environ.items() if k != "DETZOO_DEBUG"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --set train.lr=abc: train.lr must be a number (default: 0.0001), got 'abc' (str)")
+        "train.py: error: --set train.lr=abc: train.lr must be a number (default: 0.0001), got 'abc' (str)")
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
 
@@ -76,9 +76,9 @@ def _fail(argv):
 def test_run_prints_one_line_and_exits_2(capsys, monkeypatch):
     monkeypatch.delenv("DETZOO_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        run(_fail, ["--a", "1"])
+        run(_fail, ["--a", "1"], prog="tool.py")
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: bad input file 'x.json' (argv ['--a', '1']); fix it\n"
+    assert capsys.readouterr().err == "tool.py: error: bad input file 'x.json' (argv ['--a', '1']); fix it\n"
     with pytest.raises(SystemExit) as exit_info:
         run(lambda argv: 3, [])
     assert exit_info.value.code == 3
