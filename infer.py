@@ -21,6 +21,7 @@ from src.config import load_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
 from src.engine.predict import load_image, predict
+from src.errors import InputError
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
 from src.models import build_model
@@ -51,7 +52,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.set)
     threshold = cfg["eval"]["score_threshold"] if args.score_threshold is None else args.score_threshold
     if args.attention and cfg["model"]["name"] != "detr":
-        raise SystemExit(f"--attention needs a DETR config (model.name: detr); {args.config} is "
+        raise InputError(f"--attention needs a DETR config (model.name: detr); {args.config} is "
                          f"{cfg['model']['name']!r}")
     points = [parse_point(p) for p in args.attention_points or []]
     paths = expand_inputs(args.images)

@@ -135,6 +135,23 @@ def check_override_type(dotted: str, value: Any, default: Any, text: str | None 
                       f"({type(value).__name__})")
 
 
+ALTERNATIVE_DEFAULTS = {"model.depth": [[1, 1, 1, 1]]}
+"""Keys that take a second kind of value besides their default's: example values it is checked against too
+(DeFRCN's ``model.depth`` is 50 / 101 or four block counts)."""
+
+
+def _check_typed(dotted: str, value: Any, default: Any, text: str) -> Any:
+    try:
+        return check_override_type(dotted, value, default, text)
+    except ConfigError as err:
+        for example in ALTERNATIVE_DEFAULTS.get(dotted, []):
+            try:
+                return check_override_type(dotted, value, example, text)
+            except ConfigError:
+                pass
+        raise err
+
+
 def _default_of(schema: dict, keys: list[str]) -> Any:
     node: Any = schema
     for key in keys:
@@ -177,7 +194,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
         if not isinstance(default, dict):
             raw = text.split("=", 1)[1].strip()
             try:
-                value = check_override_type(".".join(keys), value, default, raw)
+                value = _check_typed(".".join(keys), value, default, raw)
             except ConfigError as err:
                 raise ConfigError(f"--set {text}: {err}") from err
         cfg = _merge(cfg, _nest(keys, value))

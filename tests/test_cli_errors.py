@@ -69,6 +69,14 @@ def test_set_values_that_fit_are_converted():
     assert cfg["train"]["lr_drop"] == 7
 
 
+def test_a_key_with_two_kinds_of_value_takes_both():
+    defrcn = ROOT / "configs" / "defrcn" / "defrcn_tiny_base_coco.yaml"
+    assert load_config(defrcn, ["model.depth=[1, 2, 1, 1]"])["model"]["depth"] == [1, 2, 1, 1]
+    assert load_config(defrcn, ["model.depth=50"])["model"]["depth"] == 50
+    with pytest.raises(ConfigError, match=r"model\.depth must be an integer"):
+        load_config(defrcn, ["model.depth=1.5"])
+
+
 def _fail(argv):
     raise InputError(f"bad input file 'x.json' (argv {argv}); fix it")
 
