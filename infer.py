@@ -16,10 +16,12 @@ import cv2
 from src.config import load_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
+from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.models import build_model
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, write_attention_figures
+from src.progress import track
 from src.runtime import DEVICE_TARGETS, init_context
 from src.visualize import draw_detections
 
@@ -50,6 +52,7 @@ def main(argv=None):
     points = [parse_point(p) for p in args.attention_points or []]
     images = [(Path(p), load_image(p)) for p in args.images]  # fail on a bad file before any work
     init_context(args.device_target, args.pynative)
+    setup_logger(None, "infer")  # progress lines on the console
     detector = build_model(cfg)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
@@ -57,7 +60,7 @@ def main(argv=None):
     attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for path, image in images:
+    for path, image in track(images, len(images), "infer"):
         detections = predict(net, image, cfg["data"], threshold)
         atomic_write_text(out / f"{path.stem}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
