@@ -4,11 +4,6 @@ Follows facebookresearch/detr ``main.py`` / ``engine.train_one_epoch`` in what i
 MindSpore's graph-mode train step (:class:`src.engine.train_step.TrainStep`) doing forward, loss, gradient
 all-reduce, clipping and the optimizer update in one call. Two schedules:
 
-Outputs besides checkpoints: ``train.log``; ``metrics.jsonl`` (one JSON line per logged step: step, epoch,
-loss and every loss term, lr, grad_norm, img_per_s; ``src.engine.metrics_log``) and ``loss_curve.png`` (loss
-and lr against the step, ``src.engine.loss_plot``) at the end, from rank 0. The first step of the process
-compiles the graph: it is logged before and after with its duration and left out of img/s and the ETA.
-
 * ``train.optimizer: adamw`` (DETR family, the default when the key is absent): ``train.epochs`` epochs,
   DETR's AdamW with its epoch step decay (:mod:`src.engine.lr_schedule`), a checkpoint every
   ``train.checkpoint_interval`` epochs and at the end.
@@ -16,6 +11,12 @@ compiles the graph: it is logged before and after with its duration and left out
   updates after the linear scaling rule for the actual total batch, as many epochs as that takes (the last
   one cut short), a checkpoint every ``train.checkpoint_period`` iterations and at the end (per-epoch
   checkpoints would be one per update for a 1-shot set of a few images).
+
+Outputs besides checkpoints: ``train.log``; ``metrics.jsonl`` (one JSON line per logged step: step, epoch,
+loss and every loss term, lr, grad_norm, img_per_s; ``src.engine.metrics_log``) and ``loss_curve.png`` (loss
+and lr against the step, ``src.engine.loss_plot``) at the end, from rank 0; a resumed run appends to
+``metrics.jsonl``, a new one starts it afresh. The first step of the process
+compiles the graph: it is logged before and after with its duration and left out of img/s and the ETA.
 
 Resume: a checkpoint stores ``step`` (optimizer steps done) and ``epoch = step // steps_per_epoch``. The data
 order of an epoch is a function of ``seed + epoch``, so a resumed run rebuilds that epoch's dataset and skips
@@ -192,6 +193,8 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
     train_step.set_train(True)
 
     step = 0
+    if runtime.is_main and not opts.resume:
+        (Path(opts.output_dir) / METRICS_FILE).unlink(missing_ok=True)
     if opts.resume:
         _, step = load_for_resume(opts.resume, detector.network, optimizer)
         logger.info("resumed from %s at epoch %d, step %d", opts.resume, step // steps_per_epoch, step)
