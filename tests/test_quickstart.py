@@ -1,8 +1,8 @@
 """The quick start as a user runs it: ``SKIP_INSTALL=1 bash scripts/quickstart.sh`` with its full recipe
 (configs/detr/detr_quickstart.yaml, 1000 steps) must end with a detector that visibly works on the sample set.
 
-The one long test of the quick start (about 5 minutes on 2 cores); it also checks the training outputs a user
-watches: the compile log lines, ``metrics.jsonl`` and ``loss_curve.png``.
+The one long test of the quick start (630 s measured on the shared 2-core machine under load); it also checks
+the training outputs a user watches: the compile log lines, ``metrics.jsonl`` and ``loss_curve.png``.
 """
 
 import json
@@ -27,13 +27,17 @@ def test_quickstart_detects_every_sample_picture(tmp_path):
 
     metrics = json.loads((out_dir / "eval" / "metrics.json").read_text())
     assert metrics["bbox"]["AP50"] >= 0.9, metrics["bbox"]
-    samples = sorted((out_dir / "sample_coco" / "sample").glob("*.jpg"))
-    assert len(samples) == 6 and metrics["num_images"] == 6
-    for sample in samples:
-        detections = json.loads((out_dir / "infer" / f"{sample.stem}.json").read_text())
-        assert detections, f"no box drawn on {sample.name}"
+    gt = json.loads((out_dir / "sample_coco" / "annotations" / "instances_sample.json").read_text())
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    assert metrics["num_images"] == len(gt["images"]) == 6
+    for image in gt["images"]:
+        stem = Path(image["file_name"]).stem
+        detections = json.loads((out_dir / "infer" / f"{stem}.json").read_text())
         assert all(d["score"] >= 0.3 for d in detections)
-        assert (out_dir / "infer" / f"{sample.stem}.jpg").stat().st_size > 0
+        assert (out_dir / "infer" / f"{stem}.jpg").stat().st_size > 0
+        expected = {names[a["category_id"]] for a in gt["annotations"] if a["image_id"] == image["id"]}
+        # Every annotated object's class is boxed and named on its picture (the rocket photograph has none).
+        assert expected <= {d["category_name"] for d in detections}, (stem, expected, detections)
 
     train_log = (out_dir / "train" / "train.log").read_text()
     assert "compiling the train step graph (first step)" in train_log
