@@ -10,13 +10,16 @@ per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from src.cli import run
 from src.config import load_config, save_config
+from src.data.mindrecord import file_sha256
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.logger import setup_logger
+from src.fileio import atomic_write_text
 from src.models import build_model
 from src.runtime import DEVICE_TARGETS, init_context
 
@@ -28,8 +31,11 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, help="MindSpore checkpoint (trained or converted)")
     parser.add_argument("--split", help="default: data.val_split of the config (e.g. val2017, 5k, 2007_test)")
     parser.add_argument("--max_images", type=int, help="evaluate only the first N images")
-    parser.add_argument("--output_dir", default=None, help="default: the checkpoint's folder / eval_<split>")
-    parser.add_argument("--mindrecord_dir", default=None, help="default: OUTPUT_DIR/mindrecord")
+    parser.add_argument("--output_dir", default=None,
+                        help="default: eval_<checkpoint stem>_<split>/ beside the checkpoint, one per checkpoint")
+    parser.add_argument("--mindrecord_dir", default=None,
+                        help="MindRecord cache of the split, shared by the checkpoints of a folder "
+                             "(default: eval_<split>/mindrecord beside the checkpoint)")
     parser.add_argument("--device_target", default="CPU", choices=DEVICE_TARGETS)
     parser.add_argument("--pynative", action="store_true")
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
@@ -37,19 +43,29 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def add_provenance(metrics_path: Path, checkpoint: Path, cfg: dict, split: str) -> None:
+    """Record in ``metrics.json`` what produced it: ``checkpoint`` (absolute path), ``checkpoint_sha256``,
+    ``split`` and the resolved ``config``; rewritten atomically."""
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint), split=split, config=cfg)
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
     split = args.split or cfg["data"]["val_split"]
-    output_dir = Path(args.output_dir or Path(args.checkpoint).resolve().parent / f"eval_{split}")
+    checkpoint = Path(args.checkpoint).resolve()
+    output_dir = Path(args.output_dir or checkpoint.parent / f"eval_{checkpoint.stem}_{split}")
     init_context(args.device_target, args.pynative)
     logger = setup_logger(output_dir, "eval")
     save_config(cfg, output_dir / "config.yaml")
     detector = build_model(cfg)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
-    mindrecord_dir = args.mindrecord_dir or str(output_dir / "mindrecord")
+    mindrecord_dir = args.mindrecord_dir or str(checkpoint.parent / f"eval_{split}" / "mindrecord")
     stats = evaluate_model(net, cfg, args.coco_path, split, mindrecord_dir, output_dir, args.max_images, logger)
+    add_provenance(output_dir / "metrics.json", checkpoint, cfg, split)
     logger.info("AP %.4f AP50 %.4f AP75 %.4f; metrics.json in %s", stats["AP"], stats["AP50"], stats["AP75"],
                 output_dir)
 

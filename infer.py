@@ -20,12 +20,14 @@ from src.cli import run
 from src.config import load_config
 from src.engine.checkpoint import load_pretrained
 from src.engine.evaluate import InferenceNet
+from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
 from src.errors import InputError
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
 from src.models import build_model
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, write_attention_figures
+from src.progress import track
 from src.runtime import DEVICE_TARGETS, init_context
 from src.visualize import draw_detections
 
@@ -59,6 +61,7 @@ def main(argv=None):
     names = output_names(paths, args.output_dir)
     images = [(path, name, load_image(path)) for path, name in zip(paths, names)]  # bad files fail before any work
     init_context(args.device_target, args.pynative)
+    setup_logger(None, "infer")  # progress lines on the console
     detector = build_model(cfg)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
@@ -66,7 +69,7 @@ def main(argv=None):
     attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for path, name, image in images:
+    for path, name, image in track(images, len(images), "infer"):
         detections = predict(net, image, cfg["data"], threshold)
         atomic_write_text(out / f"{name}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)

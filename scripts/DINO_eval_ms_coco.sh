@@ -6,7 +6,8 @@
 # parameter names: CONFIG then defaults to focus_detr_r50_5scale_mindspore_zoo.yaml and the checkpoint is first
 # converted (tools/convert_weights.py --model focus_detr_ms5, with the same --set overrides) into
 # CKPT_DIR/NAME_converted.ckpt beside it, which is what eval.py loads.
-# Prints the 12-line COCO table; results and metrics.json go to eval.py's --output_dir (default CKPT's folder).
+# Prints the 12-line COCO table; results and metrics.json go to eval.py's --output_dir (default
+# eval_<checkpoint stem>_<split>/ beside the checkpoint eval.py loads).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 COCODIR CKPT [CONFIG] [eval.py options]" >&2

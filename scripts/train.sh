@@ -7,7 +7,8 @@
 #   TASK=finetune: CONFIG is required, and so is --pretrained (the model_surgery output) or --resume; keys the
 #     checkpoint lacks (the FSOD box predictor after `remove`) keep their initialization (--pretrained_partial).
 # Environment: DEVICE_NUM (distribute; default 2 on CPU, 8 elsewhere), MASTER_PORT (default 8118),
-#              OUTPUT_ROOT (default outputs), PYTHON (default python).
+#              OUTPUT_ROOT (default outputs), PYTHON (default python), MS_CPU_COMM_OP_TIMEOUT (distribute on
+#              CPU; default 1800 s, see below).
 set -euo pipefail
 DEFAULT_CONFIG=configs/defrcn/defrcn_det_r101_base_coco.yaml
 TASK=${TASK:-train}
@@ -54,6 +55,14 @@ case "$MODE" in
     ;;
   distribute)
     if [ "$DEVICE_TARGET" = CPU ]; then default_num=2; else default_num=8; fi
+    if [ "$DEVICE_TARGET" = CPU ]; then
+      # A rank that reaches the gradient all-reduce first waits there while another rank still compiles its
+      # graph (minutes for DETR-R50 on a shared CPU); MindSpore's CPU collectives give up after
+      # MS_CPU_COMM_OP_TIMEOUT seconds ("Reduce wait receiving failed"). Batches are grouped so every rank
+      # compiles the same pad bucket at the same step (src/data/group_sampler.py); this covers the uneven
+      # compile times that remain.
+      export MS_CPU_COMM_OP_TIMEOUT=${MS_CPU_COMM_OP_TIMEOUT:-1800}
+    fi
     NUM=${DEVICE_NUM:-$default_num}
     msrun --worker_num "$NUM" --local_worker_num "$NUM" --master_port "${MASTER_PORT:-8118}" \
           --log_dir "$OUT/msrun_logs" --join True \

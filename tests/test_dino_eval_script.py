@@ -52,7 +52,7 @@ def test_config_defaults_to_r50_4scale_12ep(tmp_path, shared_data):
     proc = _run([str(shared_data / "coco_tiny"), str(missing)])
     assert proc.returncode != 0
     assert "missing.ckpt" in proc.stdout + proc.stderr
-    saved = yaml.safe_load((tmp_path / "eval_val2017" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "eval_missing_val2017" / "config.yaml").read_text())
     expected = load_config(DEFAULT_CONFIG)
     assert saved["model"] == expected["model"]
     assert saved["data"]["eval_size"] == expected["data"]["eval_size"]

@@ -3,6 +3,7 @@
 These run the user-facing commands as subprocesses, exactly as the README gives them.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -10,15 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 import pytest
 
 from src.config import load_config
 from src.engine.checkpoint import checkpoint_arrays
-from src.engine.trainer import TrainOptions, train
 from src.evaluation.coco_evaluator import STAT_NAMES
-from src.runtime import RuntimeInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
@@ -55,6 +53,37 @@ def test_standalone_script_gives_finite_losses_and_a_checkpoint(trained):
     assert not list((trained["run_dir"] / "checkpoints").glob("*.tmp*"))
 
 
+def test_training_logs_compilation_and_writes_metrics_jsonl_and_loss_curve(trained):
+    log = (trained["run_dir"] / "train.log").read_text()
+    assert "compiling the train step graph (first step)" in log
+    assert re.search(r"compiled and ran the first step in \d+\.\d s", log)
+    records = [json.loads(line) for line in (trained["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in records] == [(1, 0), (2, 0)]  # 4 images, batch 2: one epoch
+    assert set(records[0]) == {"step", "epoch", "loss", "loss_ce", "loss_bbox", "loss_giou", "lr", "grad_norm",
+                               "img_per_s"}
+    assert records[0]["img_per_s"] == 0.0  # the compile step is left out of the speed
+    assert records[1]["img_per_s"] > 0
+    assert records[0]["lr"] == pytest.approx(load_config(ROOT / TINY)["train"]["lr"], rel=1e-6)  # float32 in-graph
+    assert (trained["run_dir"] / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_defaults_to_a_folder_per_checkpoint_with_provenance(trained, shared_data, tmp_path):
+    ckpt = trained["checkpoints"][0]
+    out = _run([sys.executable, "eval.py", "--config", TINY, "--coco_path", str(shared_data / "coco_tiny"),
+                "--checkpoint", str(ckpt), "--max_images", "2"], tmp_path)
+    folder = ckpt.parent / f"eval_{ckpt.stem}_val2017"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(ckpt.resolve())
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert metrics["split"] == "val2017"
+    assert metrics["config"] == load_config(ROOT / TINY)
+    assert (folder / "bbox_results.json").is_file()
+    # The MindRecord cache is shared by every checkpoint of the folder, not rebuilt per checkpoint.
+    assert (ckpt.parent / "eval_val2017" / "mindrecord" / "val2017.stamp.json").is_file()
+    assert not (folder / "mindrecord").exists()
+    assert re.search(r"evaluating val2017: 2/2 img \(100%\), [\d.]+ img/s, ETA", out), out[-2000:]
+
+
 def test_resume_continues_at_the_next_step_with_the_same_state(trained, shared_data):
     first = trained["checkpoints"][0]
     saved = checkpoint_arrays(first)
@@ -69,17 +98,6 @@ def test_resume_continues_at_the_next_step_with_the_same_state(trained, shared_d
     # One step later the trainable weights moved, the frozen backbone did not.
     assert np.array_equal(after["backbone.body.conv1.weight"], saved["backbone.body.conv1.weight"])
     assert not np.array_equal(after["class_embed.weight"], saved["class_embed.weight"])
-
-
-def test_tiny_config_halves_its_loss_on_real_images(tmp_path, shared_data):
-    cfg = load_config(ROOT / TINY, ["train.checkpoint_interval=1000", "train.epochs=1000"])
-    opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
-                        max_steps=250, max_images=2)
-    ms.set_seed(cfg["train"]["seed"])  # as train.py's init_context does
-    result = train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))
-    losses = np.asarray(result["losses"])
-    assert np.all(np.isfinite(losses))
-    assert losses[-10:].mean() <= 0.5 * losses[:10].mean(), losses
 
 
 def test_distributed_cpu_script_keeps_ranks_identical(tmp_path, shared_data):
@@ -123,14 +141,3 @@ def test_infer_writes_json_and_picture(trained, shared_data, tmp_path):
             assert set(det) == {"bbox", "score", "category_id", "category_name"}
             assert len(det["bbox"]) == 4
         assert (tmp_path / "infer" / f"{image.stem}.jpg").stat().st_size > 0
-
-
-def test_quickstart_runs_start_to_finish(tmp_path):
-    out = _run(["bash", "scripts/quickstart.sh"], tmp_path,
-               {"SKIP_INSTALL": "1", "QUICKSTART_STEPS": "10", "QUICKSTART_DIR": str(tmp_path / "qs"),
-                "PYTHON_RUN": sys.executable})
-    assert "quick start done" in out
-    pictures = sorted((tmp_path / "qs" / "infer").glob("*.jpg"))
-    samples = sorted((tmp_path / "qs" / "sample_coco" / "sample").glob("*.jpg"))
-    assert [p.stem for p in pictures] == [p.stem for p in samples]
-    assert json.loads((tmp_path / "qs" / "eval" / "metrics.json").read_text())["num_images"] == len(pictures)

@@ -40,6 +40,7 @@ import numpy as np
 
 from src.data.coco import annotation_file as coco_annotation_file
 from src.data.coco import load_categories
+from src.data.group_sampler import group_bucket, orientation_groups, plan_group_batches
 from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
 from src.data.mosaic import MosaicSampleTransform, add_mosaic_partners
 from src.data.sources import build_source, uses_sources
@@ -64,17 +65,18 @@ class SampleTransform:
 
     Outputs: image float32 [3, h, w]; boxes float32 [n, 4] normalized cxcywh; labels int32 [n];
     image_id int64 []; orig_size, img_size int32 [2] as (h, w). ``data_cfg["normalize"]`` picks the pixel
-    normalization (``src.data.transforms.NORMALIZE_MODES``).
+    normalization (``src.data.transforms.NORMALIZE_MODES``). ``keep_orientation``: random crops keep the
+    image's orientation (distributed training, see ``src.data.group_sampler``).
 
     Raises:
         ValueError: undecodable image, or decoded size different from the recorded (height, width);
             the message names the image id and file.
     """
 
-    def __init__(self, is_training: bool, data_cfg: dict, seed: int = 42):
+    def __init__(self, is_training: bool, data_cfg: dict, seed: int = 42, keep_orientation: bool = False):
         self.is_training = is_training
-        build = build_train_transform if is_training else build_eval_transform
-        self.transform = build(data_cfg)
+        self.transform = (build_train_transform(data_cfg, keep_orientation) if is_training
+                          else build_eval_transform(data_cfg))
         self.seed = int(seed)
         self._visits: Dict[int, int] = {}
         self._lock = threading.Lock()
@@ -137,18 +139,31 @@ class BatchPadder:
     Inputs are the per-sample lists of ``SampleTransform``'s outputs; returns the arrays of
     ``BATCH_COLUMNS`` (see the module docstring). Follows detr ``nested_tensor_from_tensor_list`` (zero
     padding bottom/right, mask True on padding), with static shapes instead of the batch maximum.
+
+    With ``step_buckets`` (distributed training), batch ``k`` of the epoch is padded to ``step_buckets[k]``,
+    the bucket of its orientation group, identical on every rank, instead of the smallest that fits it.
     """
 
-    def __init__(self, buckets: Sequence[Sequence[int]], max_boxes: int, batch_size: Optional[int] = None):
+    def __init__(self, buckets: Sequence[Sequence[int]], max_boxes: int, batch_size: Optional[int] = None,
+                 step_buckets: Optional[Sequence[Sequence[int]]] = None):
         self.buckets = [tuple(int(v) for v in b) for b in buckets]
         self.max_boxes = int(max_boxes)
         self.batch_size = batch_size
+        self.step_buckets = step_buckets
         self.truncated_images = 0
 
     def __call__(self, images, boxes, labels, image_ids, orig_sizes, img_sizes, batch_info=None):
         n = len(images)
         rows = max(n, self.batch_size or n)
-        height, width = select_bucket([im.shape[1:] for im in images], self.buckets, image_ids)
+        sizes = [im.shape[1:] for im in images]
+        if self.step_buckets is None:
+            height, width = select_bucket(sizes, self.buckets, image_ids)
+        else:
+            height, width = self.step_buckets[batch_info.get_batch_num()]
+            for image_id, (h, w) in zip(image_ids, sizes):
+                if h > height or w > width:
+                    raise ValueError(f"image id {int(image_id)} resized to {h}x{w} (h x w) exceeds its group's "
+                                     f"pad bucket {height}x{width}")
         image = np.zeros((rows, 3, height, width), np.float32)
         mask = np.zeros((rows, height, width), np.bool_)
         tgt_boxes = np.zeros((rows, self.max_boxes, 4), np.float32)
@@ -194,8 +209,10 @@ def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool
         batch_size: images per batch (per rank).
         data_cfg: the ``data`` config section (max_boxes, scales, pad buckets, num_workers ...).
         rank_id, rank_size: this rank and the number of ranks; each rank reads a disjoint 1/rank_size of the
-            images. When the count does not divide, training repeats a few images (MindDataset sharding)
-            while evaluation adds dummy samples (``image_id`` -1), so every image is evaluated exactly once.
+            images. When the count does not divide, training repeats a few images while evaluation adds dummy
+            samples (``image_id`` -1), so every image is evaluated exactly once. Distributed training (without
+            Mosaic) deals batches by orientation group (``src.data.group_sampler``) so that step k is padded to
+            the same bucket on every rank.
         seed: seeds the shuffle (``mindspore.dataset.config.set_seed``, a process-wide setting) and the
             augmentations (see ``SampleTransform``).
         shuffle: defaults to ``is_training``.
@@ -274,17 +291,30 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
     num_padded = 0
     if not is_training and not shuffle and rank_size > 1 and max_images is None:
         num_padded = -num_images % rank_size
+    grouped = is_training and rank_size > 1 and data_cfg.get("mosaic_prob", 0.0) <= 0
+    step_buckets = None
     if num_padded:
         # Evaluation must see each image exactly once over all ranks; the default sharding would repeat
         # some images to even out the shards, so fill up with dummy samples instead.
         dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
                                  num_parallel_workers=workers, shuffle=False, num_shards=rank_size,
                                  shard_id=rank_id, padded_sample=_padded_sample(), num_padded=num_padded)
+    elif grouped:
+        # Every rank pads step k to the same bucket, so the ranks compile the same graphs at the same steps.
+        sizes = ds.MindDataset([str(f) for f in files], columns_list=["height", "width"], shuffle=False)
+        hw = np.array([[int(h), int(w)] for h, w in sizes.create_tuple_iterator(output_numpy=True, num_epochs=1)])
+        hw = hw[:max_images] if max_images is not None else hw
+        plan = plan_group_batches(orientation_groups(hw[:, 0], hw[:, 1]), batch_size, rank_id, rank_size, seed)
+        if data_cfg.get("fixed_size") is None:
+            short, long = max(data_cfg["train_scales"]), int(data_cfg["train_max_size"])
+            step_buckets = [group_bucket(g, short, long, data_cfg["train_pad_buckets"]) for g in plan.step_groups]
+        dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS, num_parallel_workers=workers,
+                                 sampler=ds.SubsetSampler(plan.indices.tolist()))
     else:
         dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS,
                                  num_parallel_workers=workers,
                                  sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
-    transform, columns = SampleTransform(is_training, data_cfg, seed), RECORD_COLUMNS
+    transform, columns = SampleTransform(is_training, data_cfg, seed, keep_orientation=grouped), RECORD_COLUMNS
     if is_training and data_cfg.get("mosaic_prob", 0.0) > 0:
         dataset, columns = add_mosaic_partners(dataset, files, RECORD_COLUMNS, max_images or num_images, workers,
                                                seed)
@@ -293,7 +323,8 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
     dataset = dataset.map(operations=transform, input_columns=columns, output_columns=SAMPLE_COLUMNS,
                           num_parallel_workers=workers, python_multiprocessing=False)
     buckets = data_cfg["train_pad_buckets"] if is_training else data_cfg["eval_pad_buckets"]
-    padder = BatchPadder(buckets, data_cfg["max_boxes"], batch_size=None if is_training else batch_size)
+    padder = BatchPadder(buckets, data_cfg["max_boxes"], batch_size=None if is_training else batch_size,
+                         step_buckets=step_buckets)
     return dataset.batch(batch_size, drop_remainder=is_training, per_batch_map=padder,
                          input_columns=SAMPLE_COLUMNS, output_columns=BATCH_COLUMNS,
                          num_parallel_workers=workers, python_multiprocessing=False)

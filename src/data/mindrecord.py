@@ -43,6 +43,7 @@ from mindspore.mindrecord import FileReader, FileWriter
 
 from src.data.coco import EmptySplitError, ImageRecord, annotation_file, image_dir, load_coco_split
 from src.fileio import atomic_write_text, publish, remove_stale_temporaries, temporary_name
+from src.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, spli
         writer = FileWriter(str(tmp_dir / f"{split}.mindrecord"), shard_num=num_shards, overwrite=True)
         writer.add_schema(SCHEMA, f"COCO {split} detection")
         writer.add_index(["image_id"])
-        for start in range(0, len(records), WRITE_CHUNK):
+        starts = range(0, len(records), WRITE_CHUNK)
+        for start in track(starts, len(records), f"converting {split} to MindRecord",
+                           count=lambda s: len(records[s:s + WRITE_CHUNK])):
             chunk = [_to_sample(r, images_folder) for r in records[start:start + WRITE_CHUNK]]
             writer.write_raw_data(chunk)
         writer.commit()

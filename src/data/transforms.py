@@ -224,16 +224,22 @@ class RandomSizeCrop:
     Width and height are drawn independently and uniformly (inclusive), capped by the image; the top-left
     corner is uniform over valid positions. An image side shorter than ``min_size`` is kept whole, where
     detr would fail; the default pipeline never hits this because it resizes the short side to >= 400 first.
+    With ``keep_orientation`` a crop of the opposite orientation to the image (portrait from landscape or
+    square, landscape from portrait) has its sides swapped, which keeps it inside the image; distributed
+    training uses it so an image stays in its pad-bucket group (``src.data.group_sampler``).
     """
 
-    def __init__(self, min_size: int, max_size: int):
+    def __init__(self, min_size: int, max_size: int, keep_orientation: bool = False):
         self.min_size = int(min_size)
         self.max_size = int(max_size)
+        self.keep_orientation = keep_orientation
 
     def __call__(self, image, boxes, labels, rng: np.random.Generator):
         img_h, img_w = image.shape[:2]
         w = int(rng.integers(min(self.min_size, img_w), min(img_w, self.max_size) + 1))
         h = int(rng.integers(min(self.min_size, img_h), min(img_h, self.max_size) + 1))
+        if self.keep_orientation and (img_h > img_w) != (h > w) and h != w:
+            h, w = w, h
         top = int(rng.integers(0, img_h - h + 1))
         left = int(rng.integers(0, img_w - w + 1))
         return crop(image, boxes, labels, (top, left, h, w))
@@ -328,30 +334,33 @@ def _fixed_size(data_cfg: dict) -> list:
     return [] if size is None else [FixedResize(size)]
 
 
-def build_train_transform(data_cfg: dict) -> Compose:
+def build_train_transform(data_cfg: dict, keep_orientation: bool = False) -> Compose:
     """detr ``make_coco_transforms('train')``: flip, then either a multi-scale resize or resize-crop-resize.
 
     With ``data_cfg["random_crop"]`` False (DeFRCN) there is no crop branch: detectron2's training
     augmentation, ``ResizeShortestEdge(train_scales, train_max_size, "choice")`` then a horizontal flip with
     probability 0.5 (detectron2 ``build_augmentation``). Uses the keys train_scales, train_max_size,
-    crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop (default True),
-    resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize (a ``NORMALIZE_MODES`` entry). With
+    crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop (default True), hflip_prob
+    (probability of the flip, default 0.5), resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize
+    (a ``NORMALIZE_MODES`` entry). With
     ``data_cfg["fixed_size"]`` = [h, w] a :class:`FixedResize` ends the geometric part, as csm-kr/detr_pytorch
-    appends ``Resize((1024, 1024))`` to DETR's augmentation.
+    appends ``Resize((1024, 1024))`` to DETR's augmentation. ``keep_orientation`` is passed to
+    :class:`RandomSizeCrop`.
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
     rounding = _rounding(data_cfg)
+    flip = RandomHorizontalFlip(float(data_cfg.get("hflip_prob", 0.5)))
     if not data_cfg.get("random_crop", True):
-        return Compose([RandomResize(scales, max_size=max_size, rounding=rounding), RandomHorizontalFlip(),
+        return Compose([RandomResize(scales, max_size=max_size, rounding=rounding), flip,
                         *_fixed_size(data_cfg), Normalize(normalize=_normalize_mode(data_cfg))])
     return Compose([
-        RandomHorizontalFlip(),
+        flip,
         RandomSelect(
             RandomResize(scales, max_size=max_size, rounding=rounding),
             Compose([
                 RandomResize(data_cfg["crop_scales"], rounding=rounding),
-                RandomSizeCrop(data_cfg["crop_min_size"], data_cfg["crop_max_size"]),
+                RandomSizeCrop(data_cfg["crop_min_size"], data_cfg["crop_max_size"], keep_orientation),
                 RandomResize(scales, max_size=max_size, rounding=rounding),
             ]),
         ),

@@ -42,6 +42,7 @@ from src.engine.pcb_eval import build_pcb
 from src.evaluation.coco_evaluator import CocoEvaluator
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.voc_evaluator import VocEvaluator
+from src.progress import track
 
 EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
 
@@ -92,7 +93,10 @@ def evaluate_coco(net: InferenceNet, cfg: dict, coco_path: str, split: str, mind
                                   batch_size=cfg["eval"]["batch_size"], data_cfg=cfg["data"],
                                   max_images=max_images)
     evaluator = CocoEvaluator(annotation_file(coco_path, split))
-    for image, mask, image_id, orig_size in dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1):
+    batches = track(dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1),
+                    dataset.get_dataset_size() * cfg["eval"]["batch_size"], f"evaluating {split}",
+                    count=lambda batch: batch[0].shape[0], logger=logger)
+    for image, mask, image_id, orig_size in batches:
         scores, labels, boxes = net(image, mask, orig_size)
         evaluator.update(image_id.asnumpy(), scores.asnumpy(), labels.asnumpy(), boxes.asnumpy())
     if logger is not None:
@@ -122,7 +126,10 @@ def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_i
     net.set_train(False)
     dataset = create_dataset(root, cfg["data"], "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
                              max_images=max_images)
-    for image, mask, image_id, orig_size in dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1):
+    batches = track(dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1),
+                    dataset.get_dataset_size() * cfg["eval"]["batch_size"], f"evaluating {cfg['data']['val_split']}",
+                    count=lambda batch: batch[0].shape[0])
+    for image, mask, image_id, orig_size in batches:
         scores, labels, boxes = net(image, mask, orig_size)
         yield image_id.asnumpy(), scores.asnumpy(), labels.asnumpy(), boxes.asnumpy()
 

@@ -48,6 +48,7 @@ from src.models.defrcn.pcb import (
     load_prototype_cache,
     save_prototype_cache,
 )
+from src.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def support_prototypes(extractor, extractor_id: str, root, data_cfg: dict, cache
         pass
     except PrototypeCacheError as err:
         logger.warning("PCB: rebuilding the prototype cache: %s", err)
-    features, labels = extract_support_features(extractor, samples)
+    features, labels = extract_support_features(
+        extractor, track(samples, total, f"PCB prototypes of {set_name}", unit="box", count=lambda s: len(s[2])))
     prototypes = build_prototypes(features, labels, names, set_name, seed, extractor_id)
     save_prototype_cache(path, prototypes)
     logger.info("PCB: %d support boxes of %s -> prototypes of %d classes, cached in %s", total, set_name,

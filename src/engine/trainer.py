@@ -12,6 +12,12 @@ all-reduce, clipping and the optimizer update in one call. Two schedules:
   one cut short), a checkpoint every ``train.checkpoint_period`` iterations and at the end (per-epoch
   checkpoints would be one per update for a 1-shot set of a few images).
 
+Outputs besides checkpoints: ``train.log``; ``metrics.jsonl`` (one JSON line per logged step: step, epoch,
+loss and every loss term, lr, grad_norm, img_per_s; ``src.engine.metrics_log``) and ``loss_curve.png`` (loss
+and lr against the step, ``src.engine.loss_plot``) at the end, from rank 0; a resumed run appends to
+``metrics.jsonl``, a new one starts it afresh. The first step of the process
+compiles the graph: it is logged before and after with its duration and left out of img/s and the ETA.
+
 Resume: a checkpoint stores ``step`` (optimizer steps done) and ``epoch = step // steps_per_epoch``. The data
 order of an epoch is a function of ``seed + epoch``, so a resumed run rebuilds that epoch's dataset and skips
 the batches already consumed.
@@ -30,7 +36,9 @@ import numpy as np
 from src.data.dataset import create_dataset
 from src.engine.checkpoint import checkpoint_path, load_for_resume, load_pretrained, save_checkpoint
 from src.engine.logger import setup_logger
+from src.engine.loss_plot import plot_runs
 from src.engine.lr_schedule import build_optimizer
+from src.engine.metrics_log import METRICS_FILE, append_metrics
 from src.engine.sgd import build_sgd, scale_schedule
 from src.engine.train_step import TrainStep
 from src.models import build_model
@@ -47,6 +55,33 @@ def parameter_digest(network) -> str:
 
 
 TRAIN_COLUMNS = ["image", "mask", "tgt_boxes", "tgt_labels", "tgt_valid"]
+
+
+class StepSpeed:
+    """Images/s and ETA over the steps after the first (graph compilation) of this process.
+
+    ``tick()`` after each step; the clock starts at construction, i.e. right after the compile step.
+    """
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step = images_per_step
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    def images_per_second(self) -> float:
+        """Mean since the compile step; 0.0 before the second step."""
+        elapsed = time.perf_counter() - self.start
+        return self.steps * self.images_per_step / elapsed if self.steps and elapsed > 0 else 0.0
+
+    def eta(self, steps_left: int) -> str:
+        """Remaining time as H:MM:SS at the mean step time so far ("?" before the second step)."""
+        if not self.steps:
+            return "?"
+        seconds = int(round(steps_left * (time.perf_counter() - self.start) / self.steps))
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 @dataclass
@@ -158,6 +193,8 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
     train_step.set_train(True)
 
     step = 0
+    if runtime.is_main and not opts.resume:
+        (Path(opts.output_dir) / METRICS_FILE).unlink(missing_ok=True)
     if opts.resume:
         _, step = load_for_resume(opts.resume, detector.network, optimizer)
         logger.info("resumed from %s at epoch %d, step %d", opts.resume, step // steps_per_epoch, step)
@@ -176,29 +213,40 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
         logger.info("saved %s", path)
         return path
 
-    losses, last_ckpt = [], None
+    losses, last_ckpt, speed = [], None, None
     epoch = step // steps_per_epoch
     while step < total_steps and epoch < plan.num_epochs:
         dataset = make_dataset(epoch)
         done_in_epoch = step - epoch * steps_per_epoch
         if done_in_epoch > 0:
             dataset = dataset.skip(done_in_epoch)
-        tic, images_seen = time.perf_counter(), 0
         for batch in dataset.create_tuple_iterator(columns=TRAIN_COLUMNS, num_epochs=1):
+            if speed is None:
+                logger.info("compiling the train step graph (first step)...")
+                compile_tic = time.perf_counter()
             loss, loss_terms, grad_norm = train_step(*batch)
             step += 1
             loss_value = float(loss.asnumpy())
             losses.append(loss_value)
             if not np.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step} (epoch {epoch})")
-            images_seen += train_cfg["batch_size"] * runtime.rank_size
+            if speed is None:
+                logger.info("compiled and ran the first step in %.1f s; img/s and ETA exclude it",
+                            time.perf_counter() - compile_tic)
+                speed = StepSpeed(train_cfg["batch_size"] * runtime.rank_size)
+            else:
+                speed.tick()
             if step % train_cfg["log_interval"] == 0 or step == total_steps:
-                terms = " ".join(f"{name} {value:.4f}" for name, value in
-                                 zip(detector.loss_names, loss_terms.asnumpy().tolist()))
-                speed = images_seen / max(time.perf_counter() - tic, 1e-9)
-                logger.info("epoch %d step %d/%d loss %.4f %s grad_norm %.3f lr %.2e %.2f img/s",
-                            epoch, step, total_steps, loss_value, terms, float(grad_norm.asnumpy()),
-                            optimizer.current_lr(), speed)
+                values = dict(zip(detector.loss_names, loss_terms.asnumpy().tolist()))
+                terms = " ".join(f"{name} {value:.4f}" for name, value in values.items())
+                record = {"step": step, "epoch": epoch, "loss": loss_value, **values,
+                          "lr": optimizer.current_lr(), "grad_norm": float(grad_norm.asnumpy()),
+                          "img_per_s": speed.images_per_second()}
+                logger.info("epoch %d step %d/%d loss %.4f %s grad_norm %.3f lr %.2e %.2f img/s ETA %s",
+                            epoch, step, total_steps, loss_value, terms, record["grad_norm"], record["lr"],
+                            record["img_per_s"], speed.eta(total_steps - step))
+                if runtime.is_main:
+                    append_metrics(opts.output_dir, record)
             if step >= total_steps:
                 break
             if runtime.is_main and plan.checkpoint_period and step % plan.checkpoint_period == 0:
@@ -213,5 +261,8 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
         if not epoch_done:
             break
     logger.info("finished at epoch %d step %d; parameter digest %s", epoch, step, parameter_digest(detector.network))
+    if runtime.is_main and (Path(opts.output_dir) / METRICS_FILE).is_file():
+        logger.info("loss curve: %s", plot_runs([opts.output_dir], Path(opts.output_dir) / "loss_curve.png",
+                                                ["loss", "lr"]))
     return {"step": step, "epoch": epoch, "last_loss": losses[-1] if losses else None, "losses": losses,
             "checkpoint": str(last_ckpt) if last_ckpt else None}
