@@ -2,7 +2,9 @@
 
 Tiny channel widths keep the graph-mode compiles fast; the layout (strides, block counts, names) is the real
 one. References are written here from detectron2's definitions (torch functional ops, NumPy), not taken from
-the code under test.
+the code under test. The two gradient tests run in PyNative: what they check does not depend on the mode, and
+compiling three backward graphs costs more than running them (graph-mode training is in
+tests/test_defrcn_train.py).
 """
 
 import numpy as np
@@ -307,6 +309,7 @@ def test_defrcn_training_losses_and_gradients(shared_data):
     from src.models.defrcn.losses import DeFRCNWithLoss
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     paths = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[:1]
     image, (h, w) = _caffe_input(paths[0])
     net = DeFRCN(num_classes=3, depth=50, stem_out_channels=8, res2_out_channels=16, cls_dropout=True,
@@ -354,6 +357,7 @@ def test_gradient_decoupling_scales_backbone_gradients():
 
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.default_rng(5)
     image = Tensor(rng.normal(size=(1, 3, 64, 64)).astype(np.float32))
     r1, r2 = (Tensor(rng.normal(size=(1, 64, 4, 4)).astype(np.float32)) for _ in range(2))
