@@ -2,8 +2,9 @@
 
 Tiny channel widths keep the graph-mode compiles fast; the layout (strides, block counts, names) is the real
 one. References are written here from detectron2's definitions (torch functional ops, NumPy), not taken from
-the code under test. The two gradient tests run in PyNative: what they check does not depend on the mode, and
-compiling three backward graphs costs more than running them (graph-mode training is in
+the code under test. The end-to-end inference and the two gradient tests run in PyNative: what they check does
+not depend on the mode, and compiling the whole detector and three backward graphs costs more than running them
+(graph-mode inference is in tests/test_defrcn_eval.py and tests/test_export_defrcn.py, graph-mode training in
 tests/test_defrcn_train.py).
 """
 
@@ -240,8 +241,11 @@ def _tame(net):
 
 
 def test_defrcn_inference_on_real_image(shared_data):
+    import mindspore as ms
+
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     image_dir = shared_data / "coco_tiny" / "val2017"
     paths = sorted(image_dir.glob("*.jpg"))[:2]
     inputs = [_caffe_input(p) for p in paths]
