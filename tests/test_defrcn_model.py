@@ -2,7 +2,10 @@
 
 Tiny channel widths keep the graph-mode compiles fast; the layout (strides, block counts, names) is the real
 one. References are written here from detectron2's definitions (torch functional ops, NumPy), not taken from
-the code under test.
+the code under test. The end-to-end inference and the two gradient tests run in PyNative: what they check does
+not depend on the mode, and compiling the whole detector and three backward graphs costs more than running them
+(graph-mode inference is in tests/test_defrcn_eval.py and tests/test_export_defrcn.py, graph-mode training in
+tests/test_defrcn_train.py).
 """
 
 import numpy as np
@@ -238,8 +241,11 @@ def _tame(net):
 
 
 def test_defrcn_inference_on_real_image(shared_data):
+    import mindspore as ms
+
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     image_dir = shared_data / "coco_tiny" / "val2017"
     paths = sorted(image_dir.glob("*.jpg"))[:2]
     inputs = [_caffe_input(p) for p in paths]
@@ -307,6 +313,7 @@ def test_defrcn_training_losses_and_gradients(shared_data):
     from src.models.defrcn.losses import DeFRCNWithLoss
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     paths = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[:1]
     image, (h, w) = _caffe_input(paths[0])
     net = DeFRCN(num_classes=3, depth=50, stem_out_channels=8, res2_out_channels=16, cls_dropout=True,
@@ -354,6 +361,7 @@ def test_gradient_decoupling_scales_backbone_gradients():
 
     from src.models.defrcn.model import DeFRCN
 
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.default_rng(5)
     image = Tensor(rng.normal(size=(1, 3, 64, 64)).astype(np.float32))
     r1, r2 = (Tensor(rng.normal(size=(1, 64, 4, 4)).astype(np.float32)) for _ in range(2))

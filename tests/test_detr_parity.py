@@ -176,6 +176,10 @@ def test_hf_resnet_is_torchvision_v15(reference):
 
 
 def test_parity_with_transformers(reference, converted):
+    """One forward of the full DETR-R50 in PyNative: the comparison is about the numbers, not graph mode, and a
+    graph compilation of the whole model would cost more than the forward (the tiny model below covers graph
+    mode)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     model = build_detr(**_model_cfg("detr_r50.yaml"))
     not_loaded, unused = ms.load_param_into_net(model, ms.load_checkpoint(str(converted)), strict_load=True)
     assert not not_loaded and not unused
@@ -255,14 +259,20 @@ def test_converter_refuses_and_writes_nothing(reference, tmp_path, case):
     assert list(out_dir.iterdir()) == []
 
 
-def test_tiny_detr_graph_mode_shapes():
-    cfg = _model_cfg("detr_tiny.yaml")
-    model = build_detr(**cfg)
+@pytest.fixture(scope="module")
+def tiny_detr():
+    """A random-init tiny DETR in eval mode, shared so that its graph (batch 2, 128 x 128) compiles once."""
+    model = build_detr(**_model_cfg("detr_tiny.yaml"))
     model.set_train(False)
-    image = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 96, 128)).astype(np.float32))
-    mask = np.zeros((2, 96, 128), bool)
+    return model
+
+
+def test_tiny_detr_graph_mode_shapes(tiny_detr):
+    cfg = _model_cfg("detr_tiny.yaml")
+    image = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 128, 128)).astype(np.float32))
+    mask = np.zeros((2, 128, 128), bool)
     mask[1, 64:, :] = True
-    logits, boxes = model(image, ms.Tensor(mask))
+    logits, boxes = tiny_detr(image, ms.Tensor(mask))
     layers, queries = cfg["dec_layers"], cfg["num_queries"]
     assert logits.shape == (layers, 2, queries, cfg["num_classes"] + 1)
     assert boxes.shape == (layers, 2, queries, 4)
@@ -286,8 +296,10 @@ def test_padding_is_invisible_to_position_encoding_and_transformer():
     """Padding a feature map (mask True) must not change the encoding or the transformer's outputs.
 
     The whole model is not padding-invariant: backbone convolutions near the bottom/right edge see the zero
-    padding. So this is checked where it holds, on the parts after the backbone.
+    padding. So this is checked where it holds, on the parts after the backbone. PyNative: the property is not
+    about graph mode, and two shapes would mean two graph compilations.
     """
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.default_rng(1)
     h, w, hp, wp, c = 3, 4, 5, 6, 32
     src = rng.standard_normal((1, c, h, w)).astype(np.float32)
@@ -311,10 +323,9 @@ def test_padding_is_invisible_to_position_encoding_and_transformer():
     np.testing.assert_allclose(memory_pad.asnumpy()[:, :, :h, :w], memory.asnumpy(), atol=1e-5)
 
 
-def test_batch_elements_are_independent():
+def test_batch_elements_are_independent(tiny_detr):
     """An image's outputs do not depend on what else is in the (padded) batch."""
-    model = build_detr(**_model_cfg("detr_tiny.yaml"))
-    model.set_train(False)
+    model = tiny_detr
     rng = np.random.default_rng(2)
     images = rng.standard_normal((3, 3, 128, 128)).astype(np.float32)
     images[0, :, 96:, :] = 0

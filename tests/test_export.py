@@ -2,7 +2,8 @@
 
 One tiny DETR (random init, configs/detr/detr_tiny.yaml, 160 px) is saved, exported through the CLI and
 loaded back with ``ms.load`` + ``nn.GraphCell``, i.e. without any Python model code. The same holds for the
-tiny Focus-DETR (through the CLI) and for DETR-R50 (random weights, a 256 px export shape, in-process).
+tiny Focus-DETR (through the CLI) and for DETR-R50 (random weights, a 256 px export shape, in-process; its
+InferenceNet runs in PyNative, so that the R50 graph is compiled for the export and the loaded graph only).
 """
 
 import os
@@ -63,10 +64,17 @@ def _padded_real_image(shared_data, data_cfg):
     return batch[0], batch[1], size[None]
 
 
-def _assert_graph_equals_net(graph, net, real_input, num_outputs):
-    """The loaded graph's (scores, labels, boxes) equal the InferenceNet's: shapes, dtypes, values within 1e-5."""
+def _assert_graph_equals_net(graph, net, real_input, num_outputs, pynative_net=False):
+    """The loaded graph's (scores, labels, boxes) equal the InferenceNet's: shapes, dtypes, values within 1e-5.
+
+    ``pynative_net`` runs the InferenceNet in PyNative (no graph compilation of it); the loaded graph always runs
+    in graph mode.
+    """
     inputs = [ms.Tensor(a) for a in real_input]
+    if pynative_net:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
     expected = [t.asnumpy() for t in net(*inputs)]
+    ms.set_context(mode=ms.GRAPH_MODE)
     got = [t.asnumpy() for t in graph(*inputs)]
     assert [g.shape for g in got] == [(1, num_outputs), (1, num_outputs), (1, num_outputs, 4)]
     assert [g.dtype for g in got] == [np.float32, np.int32, np.float32]
@@ -141,7 +149,8 @@ def test_detr_r50_mindir_equals_inference_net(tmp_path, shared_data):
     height, width = resolve_image_size(cfg)
     path = export_graph(net, example_inputs(height, width), tmp_path / "detr_r50", "MINDIR")
     real_input = _padded_real_image(shared_data, cfg["data"])
-    _assert_graph_equals_net(nn.GraphCell(ms.load(str(path))), net, real_input, cfg["model"]["num_queries"])
+    _assert_graph_equals_net(nn.GraphCell(ms.load(str(path))), net, real_input, cfg["model"]["num_queries"],
+                             pynative_net=True)
 
 
 def test_onnx_export_runs_in_onnxruntime_or_fails_with_the_exporters_message(tiny, real_input, tmp_path):

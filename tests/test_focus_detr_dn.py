@@ -1,7 +1,9 @@
 """Focus-DETR contrastive denoising: slot layout and attention mask by hand, noise by construction and in
 distribution, decoder isolation of the groups, the DN loss against a transcription of detrex ``compute_dn_loss``,
 and training steps on real coco_tiny images with denoising off through the loss network (denoising on trains the
-tiny config through the trainer in tests/test_focus_detr_train.py).
+tiny config through the trainer, in graph mode, in tests/test_focus_detr_train.py). The decoder and training tests
+run in PyNative: what they check does not depend on the mode, and their graph compilations took most of this
+module's time.
 
 The references are written from detrex ``projects/focus_detr/modeling/focus_detr.py::prepare_for_cdn`` and
 ``dn_criterion.py::compute_dn_loss`` (index arithmetic ``output_idx = group * 2m + j`` over the first ``2 m groups``
@@ -144,6 +146,8 @@ def test_noise_statistics_of_the_drawn_queries():
 
 
 def test_decoder_mask_isolates_groups_and_matching_queries():
+    # PyNative: the isolation does not depend on the mode, and the two query counts would be two compilations.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     dim, num_queries, shapes = 32, 3, ((4, 4), (2, 2))
     heads = nn.CellList([MLP(dim, dim, 4, 3) for _ in range(2)])
@@ -257,7 +261,8 @@ def _coco_tiny_batch(coco_dir: Path, pad_hw=(64, 96)):
 
 
 def test_tiny_config_trains_without_denoising(shared_data):
-    # Denoising on is trained by tests/test_focus_detr_train.py (the tiny config through the trainer).
+    # Denoising on is trained by tests/test_focus_detr_train.py (the tiny config through the trainer, graph mode).
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     detector = build_model(load_config(TINY, ["model.dn_number=0", "model.num_queries=10"]))
     assert isinstance(detector.loss_network, FocusDETRWithLoss)

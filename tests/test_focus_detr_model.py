@@ -1,7 +1,9 @@
-"""Focus-DETR model: backbone key mapping, encoder selection semantics and graph-mode forward/backward.
+"""Focus-DETR model: backbone key mapping, encoder selection semantics, graph-mode forward, gradient reach.
 
 The forward and backward run a tiny configuration (width 32, 2 encoder and 2 decoder layers) on two real
-coco_tiny images of different sizes, zero-padded into one 64 x 96 batch.
+coco_tiny images of different sizes, zero-padded into one 64 x 96 batch. The forward runs in graph mode; the
+other tests run in PyNative, since what they check does not depend on the mode and each graph compilation costs
+from ten to tens of seconds (graph-mode training of the tiny config is in tests/test_focus_detr_train.py).
 """
 
 import json
@@ -71,6 +73,9 @@ def tiny_model():
 
 
 def test_backbone_levels_and_detectron2_key_mapping():
+    # PyNative: the level shapes and names do not depend on graph mode, and one forward costs less than compiling
+    # the ResNet-50 graph (the tiny model tests below run in graph mode).
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     net = MultiLevelResNet("resnet50")
     outs = net(Tensor(np.zeros((1, 3) + PAD_HW, np.float32)))
     assert [tuple(o.shape) for o in outs] == [(1, c, h, w) for c, (h, w) in zip((512, 1024, 2048),
@@ -94,6 +99,8 @@ def test_backbone_levels_and_detectron2_key_mapping():
 
 
 def test_encoder_only_updates_selected_non_padding_tokens():
+    # PyNative: which tokens are rewritten does not depend on the mode; a graph compilation costs more than the run.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(1)
     shapes = ((8, 8), (4, 4), (2, 2), (1, 1))
     batch, num_tokens, dim = 2, 85, 32
@@ -147,6 +154,7 @@ def test_forward_graph_real_images(tiny_model, coco_batch):
 
 
 def test_gradients_reach_fts_alpha_and_class_heads(tiny_model, coco_batch):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     tiny_model.set_train(True)
     params = tiny_model.trainable_params()
     names = [p.name for p in params]
@@ -169,6 +177,7 @@ def test_gradients_reach_fts_alpha_and_class_heads(tiny_model, coco_batch):
 
 def test_dense_encoder_variant_loads_the_same_weights_and_runs(tiny_model, coco_batch):
     # token_selection=False: the DINO-equivalent encoder (inference-cost baseline) with the same parameter set.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     dense = FocusDETR(num_classes=NUM_CLASSES, embed_dim=32, num_heads=4, enc_layers=2, dec_layers=DEC_LAYERS,
                       feedforward_dim=64, num_queries=NUM_QUERIES, oesm_topk=16, token_selection=False)
     not_loaded = ms.load_param_into_net(dense, {p.name: p for p in tiny_model.get_parameters()}, strict_load=True)
