@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 
 from src.config import load_config
-from src.engine.checkpoint import load_pretrained
+from src.data.catalog import build_catalog
+from src.engine.checkpoint import checkpoint_catalog, load_pretrained
 from src.engine.evaluate import InferenceNet
 from src.engine.predict import load_image, predict
 from src.fileio import atomic_write_bytes, atomic_write_text
@@ -50,7 +51,9 @@ def main(argv=None):
     points = [parse_point(p) for p in args.attention_points or []]
     images = [(Path(p), load_image(p)) for p in args.images]  # fail on a bad file before any work
     init_context(args.device_target, args.pynative)
-    detector = build_model(cfg)
+    # Detections are named from the classes the checkpoint was trained on (converted weights: the config's).
+    catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"])
+    detector = build_model(cfg, catalog=catalog)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     net.set_train(False)
@@ -58,7 +61,7 @@ def main(argv=None):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path, image in images:
-        detections = predict(net, image, cfg["data"], threshold)
+        detections = predict(net, image, cfg["data"], threshold, catalog)
         atomic_write_text(out / f"{path.stem}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
         ok, encoded = cv2.imencode(".jpg", drawn)
@@ -67,7 +70,8 @@ def main(argv=None):
         atomic_write_bytes(out / f"{path.stem}.jpg", encoded.tobytes())
         print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (path.stem + '.json')}")
         if attention is not None:
-            for figure in write_attention_figures(attention, image, cfg["data"], out, path.stem, threshold, points):
+            for figure in write_attention_figures(attention, image, cfg["data"], out, path.stem, threshold, points,
+                                                  catalog.id_to_name()):
                 print(f"{path}: attention figure -> {figure}")
 
 

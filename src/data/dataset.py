@@ -42,7 +42,7 @@ from src.data.coco import annotation_file as coco_annotation_file
 from src.data.coco import load_categories
 from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
 from src.data.mosaic import MosaicSampleTransform, add_mosaic_partners
-from src.data.sources import build_source, uses_sources
+from src.data.sources import build_source
 from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
 
 logger = logging.getLogger(__name__)
@@ -220,12 +220,10 @@ def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size:
                    shuffle: Optional[bool] = None, max_images: Optional[int] = None):
     """Build the batched pipeline of ``which`` ("train" | "val") for any model family's data config.
 
-    DETR-style configs (no ``classes`` key) read the COCO split ``data_cfg[f"{which}_split"]`` through
-    :func:`create_coco_dataset` (same MindRecord names as before). DeFRCN-family configs dispatch on
-    ``data_cfg["dataset"]`` (coco | voc) through ``src.data.sources.build_source``: COCO 2017 or TFA 2014
-    splits with a class subset, TFA few-shot splits, Pascal VOC image sets; their MindRecord set is named after
-    the source (``ensure_source_mindrecord``). ``tgt_labels`` then hold dataset ids (COCO ids, or VOC ids
-    1..20); map them to contiguous labels with ``src.data.sources.detector_class_ids``.
+    Every model family takes the same road: ``src.data.sources.build_source`` (a COCO-format split, TFA few-shot
+    files or VOC-format image sets, per ``data.dataset``, ``data.classes`` and ``data.few_shot_root``) -> one
+    MindRecord set named after the source (``ensure_source_mindrecord``) -> :func:`_pipeline`. ``tgt_labels`` hold
+    dataset category ids (the catalog's ids, ``src.data.catalog``); models map them to their labels.
 
     Args:
         root: dataset root (``--coco_path``): the COCO folder, or the VOCdevkit folder for VOC.
@@ -246,9 +244,6 @@ def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size:
     if which not in ("train", "val"):
         raise ValueError(f"which must be 'train' or 'val', got {which!r}")
     is_training = which == "train" if is_training is None else is_training
-    if not uses_sources(data_cfg):
-        return create_coco_dataset(root, data_cfg[f"{which}_split"], mindrecord_dir, is_training, batch_size,
-                                   data_cfg, rank_id, rank_size, seed, shuffle, max_images)
     _check_batch_args(batch_size, rank_id, rank_size)
     source = build_source(root, data_cfg, which)
     files = ensure_source_mindrecord(source, mindrecord_dir)
