@@ -36,7 +36,8 @@ NUM_IMAGES = 4
 CONFIGS = {"detr": "configs/detr/detr_tiny.yaml", "focus_detr": "configs/focus_detr/focus_detr_tiny.yaml",
            "defrcn": "configs/defrcn/defrcn_tiny_base_coco.yaml"}
 OWN_SETS = ["data.train_split=train", "data.val_split=val"]
-DEFRCN_SETS = ["data.classes=all", "train.batch_size=1", "train.ims_per_batch=1", "eval.batch_size=1"]
+DEFRCN_SETS = ["data.classes=all", "train.batch_size=1", "train.ims_per_batch=1", "eval.batch_size=1",
+               "model.score_thresh=0.0"]
 TINY_DETR_R50 = ["model.hidden_dim=32", "model.nheads=2", "model.enc_layers=1", "model.dec_layers=2",
                  "model.dim_feedforward=64", "model.num_queries=20", "model.train_backbone=false",
                  "data.fixed_size=[128,128]", "data.mosaic_tile_size=64", "data.train_pad_buckets=[[128,128]]",
@@ -91,14 +92,17 @@ def _train(config, root, out, sets, *extra):
 
 @pytest.fixture(scope="module")
 def trained(own_coco, tmp_path_factory, coco_detr_checkpoint):
-    """model name -> checkpoint trained 2 steps on the own dataset (DETR starts from the COCO checkpoint)."""
-    out = tmp_path_factory.mktemp("runs")
-    result = {}
-    for name, config in CONFIGS.items():
-        sets = OWN_SETS + (DEFRCN_SETS if name == "defrcn" else [])
-        extra = ["--pretrained", str(coco_detr_checkpoint)] if name == "detr" else []
-        result[name] = _train(config, own_coco, out / name, sets, *extra)
-    return result
+    """``trained(name)``: checkpoint of ``name`` trained 2 steps on the own dataset, trained on first use (DETR
+    starts from the COCO checkpoint through ``--pretrained``)."""
+    out, done = tmp_path_factory.mktemp("runs"), {}
+
+    def get(name):
+        if name not in done:
+            sets = OWN_SETS + (DEFRCN_SETS if name == "defrcn" else [])
+            extra = ["--pretrained", str(coco_detr_checkpoint)] if name == "detr" else []
+            done[name] = _train(CONFIGS[name], own_coco, out / name, sets, *extra)
+        return done[name]
+    return get
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -106,7 +110,7 @@ def test_own_coco_dataset_trains_evaluates_and_names_detections(name, trained, o
     sets = OWN_SETS + (DEFRCN_SETS if name == "defrcn" else [])
     capsys.readouterr()
     eval_entry.main(["--config", str(REPO / CONFIGS[name]), "--coco_path", str(own_coco), "--checkpoint",
-                     str(trained[name]), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set", *sets])
+                     str(trained(name)), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set", *sets])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(" Average ")]
     assert len(table) == 12
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -114,15 +118,16 @@ def test_own_coco_dataset_trains_evaluates_and_names_detections(name, trained, o
     assert not any(key.startswith(("bAP", "nAP")) for key in metrics["bbox"])  # ids 1..3 are not COCO's base/novel
 
     image = sorted((own_coco / "val").iterdir())[0]
-    infer_entry.main(["--config", str(REPO / CONFIGS[name]), "--checkpoint", str(trained[name]), "--images",
+    infer_entry.main(["--config", str(REPO / CONFIGS[name]), "--checkpoint", str(trained(name)), "--images",
                       str(image), "--output_dir", str(tmp_path / "infer"), "--score_threshold", "0", "--pynative",
                       "--set", *sets])
     detections = json.loads((tmp_path / "infer" / f"{image.stem}.json").read_text())
     named = [d for d in detections if d["category_id"] in OWN_NAMES]
     assert named, detections[:3]
     assert all(d["category_name"] == OWN_NAMES[d["category_id"]] for d in named)
-    # DETR's head is id-indexed (labels 0..3); id 0 is no class and is named class_0, never a COCO name.
-    assert all(d["category_name"] == "class_0" for d in detections if d["category_id"] not in OWN_NAMES)
+    # DETR's head is id-indexed (labels 0..3): id 0 is no class; DeFRCN and Focus-DETR mark empty slots with -1.
+    assert all(d["category_id"] <= 0 and d["category_name"] == f"class_{d['category_id']}"
+               for d in detections if d["category_id"] not in OWN_NAMES)
 
 
 @pytest.mark.parametrize("name", ["detr", "focus_detr"])
@@ -180,10 +185,10 @@ def test_truncated_jpeg_is_named_in_train_eval_and_infer(tmp_path, shared_data, 
         _train(CONFIGS["detr"], root, tmp_path / "run", OWN_SETS + ["train.batch_size=1"])
     with pytest.raises(Exception, match=re.escape(bad.name) + ".*truncated"):
         eval_entry.main(["--config", str(REPO / CONFIGS["detr"]), "--coco_path", str(root), "--checkpoint",
-                         str(trained["detr"]), "--output_dir", str(tmp_path / "eval"), "--pynative",
+                         str(trained("detr")), "--output_dir", str(tmp_path / "eval"), "--pynative",
                          "--set", *OWN_SETS])
     with pytest.raises(ValueError, match=re.escape(bad.name) + ".*truncated"):
-        infer_entry.main(["--config", str(REPO / CONFIGS["detr"]), "--checkpoint", str(trained["detr"]),
+        infer_entry.main(["--config", str(REPO / CONFIGS["detr"]), "--checkpoint", str(trained("detr")),
                           "--images", str(bad), "--output_dir", str(tmp_path / "infer"), "--pynative"])
     assert not (tmp_path / "infer").exists()
 
