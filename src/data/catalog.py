@@ -189,12 +189,15 @@ def build_catalog(data_cfg: dict, root=None, which: str = "train") -> Catalog:
     return Catalog(tuple(ids), tuple(names), f"COCO classes {classes}")
 
 
-def resolve_num_classes(cfg: dict, catalog: Catalog) -> dict:
+def resolve_num_classes(cfg: dict, catalog: Catalog | None = None) -> dict:
     """``cfg`` with ``model.num_classes`` set from ``catalog`` where it is null (returns a new dict).
 
-    DeFRCN has no ``num_classes`` key (its head follows the catalog directly).
+    ``catalog`` defaults to the config's classes without reading the dataset (``build_catalog(cfg["data"])``:
+    COCO's 80 for COCO configs, so DETR gets 91 and Focus-DETR 80). DeFRCN has no ``num_classes`` key (its head
+    follows the catalog directly).
     """
     model = cfg["model"]
     if "num_classes" not in model or model["num_classes"] is not None:
         return cfg
+    catalog = catalog if catalog is not None else build_catalog(cfg["data"])
     return {**cfg, "model": {**model, "num_classes": catalog.num_classes(model["name"])}}

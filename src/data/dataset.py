@@ -1,7 +1,7 @@
 """Detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
 
-Entry points: :func:`create_coco_dataset` (a COCO split, DETR family) and :func:`create_dataset` (any data
-config: dispatches to the COCO split path or to the DeFRCN-family sources of ``src.data.sources``).
+Entry point: :func:`create_dataset` (any data config of any model family, through the sources of
+``src.data.sources``). :func:`create_coco_dataset` reads a COCO split by name (``preprocess.py`` and tools).
 
 Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
 
@@ -9,8 +9,7 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
   ``data.normalize: caffe_bgr``, see ``src.data.transforms.NORMALIZE_MODES``), zero-padded bottom/right.
 * ``mask`` bool [B, H, W]: True on padding (DETR convention).
 * ``tgt_boxes`` float32 [B, N, 4]: normalized cxcywh relative to the unpadded resized image; padded rows 0.
-* ``tgt_labels`` int32 [B, N]: dataset category ids (raw COCO ids; VOC ids 1..20 for VOC sources); padded
-  rows 0.
+* ``tgt_labels`` int32 [B, N]: dataset category ids (the catalog's ids, ``src.data.catalog``); padded rows 0.
 * ``tgt_valid`` bool [B, N]: True for real boxes, which come first.
 * ``image_id`` int64 [B]; ``orig_size`` int32 [B, 2] (h, w) of the original image; ``img_size`` int32 [B, 2]
   (h, w) after resizing, before padding.

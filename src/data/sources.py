@@ -1,8 +1,13 @@
-"""Data sources of the DeFRCN family: class sets, and the records of every split DeFRCN trains or tests on.
+"""Data sources of every model family: the records of each split a detector trains or tests on.
 
-Class sets. Dataset id spaces (SPEC2): COCO records carry raw COCO category ids (1..90); VOC records carry
-``1 + VOC_CLASSES.index(name)`` (aeroplane = 1 .. tvmonitor = 20). A detector's contiguous label ``k`` is the
-class ``detector_class_ids(data_cfg)[k]``.
+Kinds of source (:func:`build_source`): a COCO-format split (its own categories, or a DeFRCN class subset of COCO),
+TFA-format COCO few-shot files, VOC-format image sets, TFA-format VOC few-shot lists. The classes and their ids
+come from the catalog (``src.data.catalog.build_catalog``): COCO-format records carry the file's category ids;
+VOC-format records carry ``1 + index`` in the dataset's class list (``data.class_names``, default the 20 Pascal
+VOC classes: aeroplane = 1 .. tvmonitor = 20).
+
+DeFRCN class sets (``data.classes``): a detector's contiguous label ``k`` is the class
+``detector_class_ids(data_cfg)[k]``.
 
 Orders follow TFA/DeFRCN ``data/builtin_meta.py``: COCO classes in ascending id order (all 80, the 60 base or
 the 20 novel); VOC split ``s`` lists its 15 base classes and then its 5 novel classes for ``all`` (the
@@ -153,11 +158,6 @@ def few_shot_root_path(root, few_shot_root) -> Path:
     """``few_shot_root`` as a path: absolute as given, relative to the dataset ``root`` otherwise."""
     path = Path(few_shot_root)
     return path if path.is_absolute() else Path(root) / path
-
-
-def uses_sources(data_cfg: dict) -> bool:
-    """True for data configs of the DeFRCN family (they name ``classes``), False for DETR-style COCO configs."""
-    return "classes" in data_cfg
 
 
 def _safe_name(text: str) -> str:
