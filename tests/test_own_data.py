@@ -222,3 +222,20 @@ def test_bad_class_lists_are_named_and_nothing_is_written(tmp_path, shared_data)
         convert_source(build_source(shared_data / "voc_mini/VOCdevkit", voc, "train"), mr)
     assert not mr.exists() or not any(mr.iterdir())
     assert set(COCO_CATEGORY_NAMES[i] for i in OWN_NAMES) == {"person", "bicycle", "car"}  # the ids do collide
+
+
+def test_coco_configs_keep_their_class_counts(shared_data):
+    """COCO gives exactly the previous head sizes: DETR 91 (max id + 1), Focus-DETR 80, DeFRCN base 60."""
+    from src.data.catalog import build_catalog, resolve_num_classes
+
+    coco = shared_data / "coco_tiny"
+    expected = {"detr": 91, "focus_detr": 80, "defrcn": 60}
+    for name, config in CONFIGS.items():
+        cfg = load_config(REPO / config, ["data.val_split=val2017"])
+        catalog = build_catalog(cfg["data"], coco, "val")
+        assert catalog.num_classes(name) == expected[name]
+        if name != "defrcn":
+            assert resolve_num_classes(cfg, catalog)["model"]["num_classes"] == expected[name]
+            assert resolve_num_classes(cfg)["model"]["num_classes"] == expected[name]
+    voc = build_catalog(load_config(REPO / "configs/detr/detr_r50_1024_voc.yaml")["data"])
+    assert voc.num_classes("detr") == 21 and voc.names[0] == "aeroplane" and voc.ids[-1] == 20
