@@ -30,12 +30,14 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from src.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError, ValueError):
     """Raised when a COCO directory or annotation file cannot be used; the message names the culprit."""
 
 

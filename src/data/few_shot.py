@@ -35,6 +35,7 @@ import numpy as np
 
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.voc import VOC_CLASSES, VocRecord, parse_voc_xml, voc_annotation_path
+from src.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ COCO_BASE_CLASSES = tuple(COCO_CATEGORY_NAMES[i] for i in COCO_BASE_IDS)
 COCO_ALL_CLASSES = tuple(COCO_CATEGORY_NAMES[i] for i in sorted(COCO_CATEGORY_NAMES))
 
 
-class FewShotSplitError(ValueError):
+class FewShotSplitError(InputError, ValueError):
     """Raised when a few-shot split file is missing or malformed; the message names the file."""
 
 

@@ -23,6 +23,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from src.errors import InputError
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -30,7 +32,7 @@ VOC_CLASSES = (
 """The 20 VOC classes in the official (alphabetical) order."""
 
 
-class VocFormatError(ValueError):
+class VocFormatError(InputError, ValueError):
     """Raised when a VOC annotation file or list cannot be used; the message names the file."""
 
 
