@@ -110,7 +110,8 @@ def test_own_coco_dataset_trains_evaluates_and_names_detections(name, trained, o
     sets = OWN_SETS + (DEFRCN_SETS if name == "defrcn" else [])
     capsys.readouterr()
     eval_entry.main(["--config", str(REPO / CONFIGS[name]), "--coco_path", str(own_coco), "--checkpoint",
-                     str(trained(name)), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set", *sets])
+                     str(trained(name)), "--output_dir", str(tmp_path / "eval"), "--pynative", "--max_images", "2",
+                     "--set", *sets])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(" Average ")]
     assert len(table) == 12
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
