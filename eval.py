@@ -3,8 +3,9 @@
 ``python eval.py --config CFG --coco_path ROOT --checkpoint CKPT [--split SPLIT] [--max_images N]
 [--output_dir OUT] [--set KEY=VALUE ...]``
 
-DETR / Focus-DETR: COCO AP on a COCO split. DeFRCN: COCO AP/AP50/AP75 over the detector's classes plus bAP and
-nAP, or for a VOC config (``--coco_path`` is then the VOCdevkit) VOC2007 11-point AP50 with nAP50 / bAP50 and
+Any COCO-format dataset (``data.dataset: coco``, its own categories) or VOC-format one (``data.dataset: voc``,
+``data.class_names``): the COCOeval table, or VOC AP50 / AP, over the dataset's classes. DeFRCN few-shot class
+sets: also bAP and nAP; VOC (``--coco_path`` is then the VOCdevkit): VOC2007 11-point AP50, nAP50 / bAP50 and
 per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores detections with PCB
 (support set: the config's few-shot split, ``data.shot`` / ``data.seed``). See ``src/engine/evaluate.py``.
 """
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import load_config, save_config
+from src.data.catalog import build_catalog
 from src.data.mindrecord import file_sha256
-from src.engine.checkpoint import load_pretrained
+from src.engine.checkpoint import checkpoint_catalog, load_pretrained
 from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.logger import setup_logger
 from src.fileio import atomic_write_text
@@ -60,7 +62,9 @@ def main(argv=None):
     init_context(args.device_target, args.pynative)
     logger = setup_logger(output_dir, "eval")
     save_config(cfg, output_dir / "config.yaml")
-    detector = build_model(cfg)
+    # The classes the checkpoint was trained on (training stores them); converted weights: the dataset's.
+    catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"], args.coco_path, "val")
+    detector = build_model(cfg, catalog=catalog)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     mindrecord_dir = args.mindrecord_dir or str(checkpoint.parent / f"eval_{split}" / "mindrecord")

@@ -18,7 +18,8 @@ import cv2
 
 from src.cli import run
 from src.config import load_config
-from src.engine.checkpoint import load_pretrained
+from src.data.catalog import build_catalog
+from src.engine.checkpoint import checkpoint_catalog, load_pretrained
 from src.engine.evaluate import InferenceNet
 from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
@@ -62,7 +63,9 @@ def main(argv=None):
     images = [(path, name, load_image(path)) for path, name in zip(paths, names)]  # bad files fail before any work
     init_context(args.device_target, args.pynative)
     setup_logger(None, "infer")  # progress lines on the console
-    detector = build_model(cfg)
+    # Detections are named from the classes the checkpoint was trained on (converted weights: the config's).
+    catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"])
+    detector = build_model(cfg, catalog=catalog)
     load_pretrained(args.checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     net.set_train(False)
@@ -70,7 +73,7 @@ def main(argv=None):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path, name, image in track(images, len(images), "infer"):
-        detections = predict(net, image, cfg["data"], threshold)
+        detections = predict(net, image, cfg["data"], threshold, catalog)
         atomic_write_text(out / f"{name}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
         ok, encoded = cv2.imencode(".jpg", drawn)
@@ -79,7 +82,8 @@ def main(argv=None):
         atomic_write_bytes(out / f"{name}.jpg", encoded.tobytes())
         print(f"{path}: {len(detections)} detections >= {threshold} -> {out / (name + '.json')}")
         if attention is not None:
-            for figure in write_attention_figures(attention, image, cfg["data"], out, name, threshold, points):
+            for figure in write_attention_figures(attention, image, cfg["data"], out, name, threshold, points,
+                                                  catalog.id_to_name()):
                 print(f"{path}: attention figure -> {figure}")
 
 

@@ -87,6 +87,7 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     import mindspore as ms
 
     from src.config import load_config
+    from src.data.catalog import resolve_num_classes
     from src.engine.lr_schedule import build_optimizer
     from src.engine.train_step import TrainStep
     from src.models.detr.criterion import build_criterion
@@ -95,7 +96,7 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
     base_rss = rss_mb()
-    cfg = load_config(os.path.join("configs", "detr", "detr_r50.yaml"))
+    cfg = resolve_num_classes(load_config(os.path.join("configs", "detr", "detr_r50.yaml")))
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
     network = build_detr(**model_cfg)
     batch = 2 if train else 1

@@ -81,13 +81,14 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
     import mindspore as ms
 
     from src.config import load_config
+    from src.data.catalog import resolve_num_classes
     from src.models import build_model
     from src.models.focus_detr.criterion import level_shapes_of
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
     base_rss = rss_mb()
-    cfg = load_config(CONFIG, [f"model.token_selection={str(token_selection).lower()}"])
+    cfg = resolve_num_classes(load_config(CONFIG, [f"model.token_selection={str(token_selection).lower()}"]))
     network = build_model(cfg).network
     network.set_train(False)
     image = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, height, width)).astype(np.float32))

@@ -220,7 +220,7 @@ def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
 
 def test_eval_switches_classifier_dropout_off(shared_data, tmp_path):
     """A network left in training mode is evaluated in eval mode: two runs agree exactly despite dropout 0.8."""
-    from src.engine.evaluate import InferenceNet, evaluate_few_shot
+    from src.engine.evaluate import InferenceNet, evaluate_model
     from src.models import build_model
 
     cfg = load_config(TINY, ["data.classes=novel", "model.cls_dropout=true"])
@@ -229,8 +229,8 @@ def test_eval_switches_classifier_dropout_off(shared_data, tmp_path):
     runs = []
     for i in range(2):
         net.set_train(True)
-        evaluate_few_shot(net, cfg, str(shared_data / "coco_tiny"), str(tmp_path / "mr"), tmp_path / f"e{i}",
-                          max_images=3)
+        evaluate_model(net, cfg, str(shared_data / "coco_tiny"), None, str(tmp_path / "mr"), tmp_path / f"e{i}",
+                       max_images=3)
         assert not net.training and not detector.network.training
         runs.append(json.loads((tmp_path / f"e{i}" / "bbox_results.json").read_text()))
     assert len(runs[0]) > 0 and runs[0] == runs[1]

@@ -1,7 +1,7 @@
-"""preprocess.py -> tools/infer_mindir.py -> postprocess.py on real coco_tiny images equals eval's evaluate_coco.
+"""preprocess.py -> tools/infer_mindir.py -> postprocess.py on real coco_tiny images equals eval's evaluate_model.
 
 The three commands run as subprocesses, as the README gives them, on the first 8 val2017 images; the same
-checkpoint evaluated in-process by :func:`src.engine.evaluate.evaluate_coco` on the same 8 images must give the
+checkpoint evaluated in-process by :func:`src.engine.evaluate.evaluate_model` on the same 8 images must give the
 same detections and the same 12 stats. A second test scores a result folder built from the ground truth (so
 the expected AP of 1 does not come from the code under test).
 """
@@ -30,7 +30,7 @@ from src.deploy.bin_io import (
 from src.deploy.export import build_inference_net, example_inputs, export_graph
 from src.deploy.pipeline import postprocess_results
 from src.engine.checkpoint import save_checkpoint
-from src.engine.evaluate import evaluate_coco
+from src.engine.evaluate import evaluate_model
 from src.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def pipeline(tmp_path_factory, shared_data):
     net = build_inference_net(cfg, checkpoint)
     mindir = export_graph(net, example_inputs(160, 160), tmp / "detr_tiny", "MINDIR")
     mindrecord = tmp / "mindrecord"
-    stats = evaluate_coco(net, cfg, str(coco), "val2017", str(mindrecord), tmp / "eval", max_images=NUM_IMAGES)
+    stats = evaluate_model(net, cfg, str(coco), "val2017", str(mindrecord), tmp / "eval", max_images=NUM_IMAGES)
     logs = [
         _run(["preprocess.py", "--config", TINY, "--coco_path", str(coco), "--split", "val2017", "--output_dir",
               str(tmp / "bin"), "--max_images", str(NUM_IMAGES), "--mindrecord_dir", str(mindrecord)]),

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
+from src.data.catalog import resolve_num_classes
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, run_attention, write_attention_figures
@@ -34,7 +35,7 @@ def tiny_pair(tmp_path_factory, shared_data):
     """HF reference, our DetrAttentionNet with its converted weights, and a real image as infer.py feeds it."""
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
-    cfg = load_config(CONFIGS / "detr_tiny.yaml")
+    cfg = resolve_num_classes(load_config(CONFIGS / "detr_tiny.yaml"))
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
     path = sorted((shared_data / "coco_tiny" / "val2017").glob("*.jpg"))[0]
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
+from src.data.catalog import resolve_num_classes
 from src.layers.position_encoding import PositionEmbeddingSine
 from src.models.detr.convert import ConversionError, convert_detr_checkpoint, infer_backbone
 from src.models.detr.detr import build_detr
@@ -32,7 +33,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def _model_cfg(name):
-    cfg = load_config(CONFIGS / name)["model"]
+    cfg = resolve_num_classes(load_config(CONFIGS / name))["model"]
     return {k: v for k, v in cfg.items() if k != "name"}
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
+from src.data.catalog import resolve_num_classes
 from src.data.transforms import build_eval_transform
 from src.models.detr.convert import is_reimpl_layout, reimpl_to_hub
 from src.models.detr.detr import build_detr
@@ -91,7 +92,7 @@ def test_reimpl_names_map_onto_detr_and_packs_qkv():
 def test_converted_checkpoint_reproduces_reimpl_outputs(reimpl_checkpoint, shared_data, tmp_path):
     output = tmp_path / "detr_1024.ckpt"
     assert convert_main(["--model", "detr_reimpl", "--source", str(reimpl_checkpoint), "--output", str(output)]) == 0
-    cfg = load_config(CONFIG)
+    cfg = resolve_num_classes(load_config(CONFIG))
     expected = np.load(FIXTURE / "outputs.npz")
     rgb = cv2.cvtColor(cv2.imread(str(shared_data / "coco_tiny" / "val2017" / IMAGE_NAME)), cv2.COLOR_BGR2RGB)
     image, _, _ = build_eval_transform(cfg["data"])(rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int32), None)

@@ -6,7 +6,7 @@ loaded back with ``ms.load`` + ``nn.GraphCell`` (no Python model code) and run o
 ``preprocess.py``'s code (:func:`src.deploy.pipeline.preprocess_split`) writes for the first val2017 image.
 
 PCB (prototypical calibration of the scores, ``eval.pcb``) is not part of the exported graph: DeFRCN runs it
-on the host after the network (:func:`src.engine.evaluate.evaluate_few_shot`), so a deployment that wants PCB
+on the host after the network (:func:`src.engine.evaluate.evaluate_model`), so a deployment that wants PCB
 scores must re-score the exported graph's outputs itself.
 """
 

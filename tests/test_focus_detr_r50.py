@@ -20,6 +20,7 @@ from transformers import DeformableDetrConfig
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoder
 
 from src.config import load_config
+from src.data.catalog import resolve_num_classes
 from src.data.coco import image_dir, load_coco_split
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform, prepare_target
@@ -57,7 +58,7 @@ def real_batch(shared_data):
 
 
 def test_r50_4scale_forward_and_training_step(real_batch):
-    cfg = load_config(CONFIG)
+    cfg = resolve_num_classes(load_config(CONFIG))
     model_cfg = cfg["model"]
     assert (model_cfg["backbone"], model_cfg["embed_dim"], model_cfg["num_queries"]) == ("resnet50", 256, 900)
     detector = build_model(cfg)

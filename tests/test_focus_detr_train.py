@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from src.config import load_config
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.engine.checkpoint import load_pretrained
-from src.engine.evaluate import InferenceNet, evaluate_coco
+from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.trainer import TrainOptions, train
 from src.models import build_model
 from src.models.focus_detr.criterion import build_criterion
@@ -254,8 +254,8 @@ def test_inference_graph_returns_raw_coco_category_ids(trained_tiny, shared_data
     detector = build_model(cfg)
     load_pretrained(result["checkpoint"], detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
-    stats = evaluate_coco(net, cfg, str(shared_data / "coco_tiny"), "train2017", str(tmp_path / "mr"),
-                          output_dir=tmp_path / "eval", max_images=2)
+    stats = evaluate_model(net, cfg, str(shared_data / "coco_tiny"), "train2017", str(tmp_path / "mr"),
+                           output_dir=tmp_path / "eval", max_images=2)
     assert all(np.isfinite(v) for v in stats.values())
     detections = json.loads((tmp_path / "eval" / "bbox_results.json").read_text())
     assert len(detections) == 2 * cfg["model"]["num_select"]

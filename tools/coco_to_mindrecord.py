@@ -1,4 +1,4 @@
-"""Convert one split of a COCO directory, or the data source of a DeFRCN config, to MindRecord shards.
+"""Convert one split of a COCO directory, or the data source of any config, to MindRecord shards.
 
 Usage (after ``pip install -e .``, which makes ``src`` importable)::
 
@@ -7,8 +7,9 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
         --output_dir MR_DIR [--set data.shot=5 ...]
 
 The first form converts ``annotations/instances_{split}.json`` with the images in ``{split}/`` (DETR's sets).
-The second converts what a DeFRCN-family config trains (``--which train``) or evaluates (``--which val``) on:
-COCO 2017 or TFA 2014 splits restricted to the config's classes, TFA few-shot splits, or Pascal VOC image sets
+The second converts what a config trains (``--which train``) or evaluates (``--which val``) on, under the names
+training and evaluation use: COCO-format splits (restricted to a DeFRCN config's classes), TFA few-shot splits,
+or VOC-format image sets
 (``ROOT`` is then the VOCdevkit folder); see ``src/data/sources.py``. Either way the annotations are validated
 first (``src/data/coco.py`` says what is an error and what is skipped with a count); the shards and the stamp
 that marks them complete are written only if everything succeeds, replacing an older set. Training and
@@ -24,7 +25,7 @@ from src.config import ConfigError, load_config
 from src.data.coco import CocoFormatError
 from src.data.few_shot import FewShotSplitError
 from src.data.mindrecord import convert_coco_split, convert_source
-from src.data.sources import build_source, uses_sources
+from src.data.sources import build_source
 from src.data.voc import VocFormatError
 
 
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--coco_path", required=True, help="dataset root: COCO folder, or VOCdevkit for VOC configs")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--split", help="COCO split name, e.g. train2017 or val2017")
-    what.add_argument("--config", help="a DeFRCN-family config; converts its data source (see --which)")
+    what.add_argument("--config", help="a config; converts its data source (see --which)")
     parser.add_argument("--which", choices=("train", "val"), default="train",
                         help="with --config: the training (default) or the evaluation set")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,9 +51,6 @@ def main(argv=None) -> int:
                                        verify_decode=args.verify_images)
         else:
             data_cfg = load_config(args.config, args.overrides)["data"]
-            if not uses_sources(data_cfg):
-                raise ConfigError(f"{args.config} is not a DeFRCN-family config (no data.classes); use --split "
-                                  f"{data_cfg.get(args.which + '_split', 'SPLIT')}")
             paths = convert_source(build_source(args.coco_path, data_cfg, args.which), args.output_dir,
                                    args.num_shards, verify_decode=args.verify_images)
     except (CocoFormatError, VocFormatError, FewShotSplitError, ConfigError, ValueError, OSError) as err:

@@ -53,6 +53,7 @@ from pathlib import Path
 from src.cli import run
 from src.config import load_config
 from src.convert_common import ConversionError
+from src.data.catalog import resolve_num_classes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -60,7 +61,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _convert_detr(source, output, config_path, overrides) -> str:
     from src.models.detr.convert import convert_detr_checkpoint
 
-    model_cfg = load_config(config_path or CONFIGS / "detr" / "detr_r50.yaml", overrides)["model"]
+    model_cfg = resolve_num_classes(load_config(config_path or CONFIGS / "detr" / "detr_r50.yaml", overrides))["model"]
     info = convert_detr_checkpoint(source, output, model_cfg, detect_backbone=config_path is None)
     return f"wrote {output}: {info['num_params']} parameters, backbone {info['backbone']}"
 

@@ -1,7 +1,7 @@
 """Detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
 
-Entry points: :func:`create_coco_dataset` (a COCO split, DETR family) and :func:`create_dataset` (any data
-config: dispatches to the COCO split path or to the DeFRCN-family sources of ``src.data.sources``).
+Entry point: :func:`create_dataset` (any data config of any model family, through the sources of
+``src.data.sources``). :func:`create_coco_dataset` reads a COCO split by name (``preprocess.py`` and tools).
 
 Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
 
@@ -9,8 +9,7 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
   ``data.normalize: caffe_bgr``, see ``src.data.transforms.NORMALIZE_MODES``), zero-padded bottom/right.
 * ``mask`` bool [B, H, W]: True on padding (DETR convention).
 * ``tgt_boxes`` float32 [B, N, 4]: normalized cxcywh relative to the unpadded resized image; padded rows 0.
-* ``tgt_labels`` int32 [B, N]: dataset category ids (raw COCO ids; VOC ids 1..20 for VOC sources); padded
-  rows 0.
+* ``tgt_labels`` int32 [B, N]: dataset category ids (the catalog's ids, ``src.data.catalog``); padded rows 0.
 * ``tgt_valid`` bool [B, N]: True for real boxes, which come first.
 * ``image_id`` int64 [B]; ``orig_size`` int32 [B, 2] (h, w) of the original image; ``img_size`` int32 [B, 2]
   (h, w) after resizing, before padding.
@@ -43,7 +42,7 @@ from src.data.coco import load_categories
 from src.data.group_sampler import group_bucket, orientation_groups, plan_group_batches
 from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
 from src.data.mosaic import MosaicSampleTransform, add_mosaic_partners
-from src.data.sources import build_source, uses_sources
+from src.data.sources import build_source
 from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
 
 logger = logging.getLogger(__name__)
@@ -237,12 +236,10 @@ def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size:
                    shuffle: Optional[bool] = None, max_images: Optional[int] = None):
     """Build the batched pipeline of ``which`` ("train" | "val") for any model family's data config.
 
-    DETR-style configs (no ``classes`` key) read the COCO split ``data_cfg[f"{which}_split"]`` through
-    :func:`create_coco_dataset` (same MindRecord names as before). DeFRCN-family configs dispatch on
-    ``data_cfg["dataset"]`` (coco | voc) through ``src.data.sources.build_source``: COCO 2017 or TFA 2014
-    splits with a class subset, TFA few-shot splits, Pascal VOC image sets; their MindRecord set is named after
-    the source (``ensure_source_mindrecord``). ``tgt_labels`` then hold dataset ids (COCO ids, or VOC ids
-    1..20); map them to contiguous labels with ``src.data.sources.detector_class_ids``.
+    Every model family takes the same road: ``src.data.sources.build_source`` (a COCO-format split, TFA few-shot
+    files or VOC-format image sets, per ``data.dataset``, ``data.classes`` and ``data.few_shot_root``) -> one
+    MindRecord set named after the source (``ensure_source_mindrecord``) -> :func:`_pipeline`. ``tgt_labels`` hold
+    dataset category ids (the catalog's ids, ``src.data.catalog``); models map them to their labels.
 
     Args:
         root: dataset root (``--coco_path``): the COCO folder, or the VOCdevkit folder for VOC.
@@ -263,9 +260,6 @@ def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size:
     if which not in ("train", "val"):
         raise ValueError(f"which must be 'train' or 'val', got {which!r}")
     is_training = which == "train" if is_training is None else is_training
-    if not uses_sources(data_cfg):
-        return create_coco_dataset(root, data_cfg[f"{which}_split"], mindrecord_dir, is_training, batch_size,
-                                   data_cfg, rank_id, rank_size, seed, shuffle, max_images)
     _check_batch_args(batch_size, rank_id, rank_size)
     source = build_source(root, data_cfg, which)
     files = ensure_source_mindrecord(source, mindrecord_dir)

@@ -20,11 +20,12 @@ committed; any error removes the temporary folder, so no partial set is ever vis
 after the move: a set without a valid stamp (interrupted move, older source annotations, other shard count)
 is rebuilt by ``ensure_mindrecord``.
 
-DETR's COCO splits go through ``convert_coco_split`` / ``ensure_mindrecord`` (``{split}`` is the COCO split
-name); the DeFRCN family's sources (COCO with a class subset, TFA 2014 splits, few-shot splits, Pascal VOC)
-go through ``convert_source`` / ``ensure_source_mindrecord`` under the source's own name (e.g.
-``coco_trainvalno5k_base_nonempty``), with the same schema and atomicity. VOC ``category_id`` values are VOC
-ids (1 + index in ``src.data.voc.VOC_CLASSES``) and ``file_name`` is relative to the VOCdevkit folder.
+Training and evaluation of every model family read sources (``src.data.sources``: COCO-format splits, few-shot
+splits, VOC-format image sets) through ``convert_source`` / ``ensure_source_mindrecord``, under the source's own
+name (e.g. ``coco_val2017_all``, ``coco_trainvalno5k_base_nonempty``). ``convert_coco_split`` /
+``ensure_mindrecord`` write a COCO split under its split name (``tools/coco_to_mindrecord.py --split``,
+``preprocess.py``), with the same schema and atomicity. VOC ``category_id`` values are the catalog's ids
+(1 + index in the class list) and ``file_name`` is relative to the VOCdevkit folder.
 """
 
 from __future__ import annotations

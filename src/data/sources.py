@@ -1,8 +1,13 @@
-"""Data sources of the DeFRCN family: class sets, and the records of every split DeFRCN trains or tests on.
+"""Data sources of every model family: the records of each split a detector trains or tests on.
 
-Class sets. Dataset id spaces (SPEC2): COCO records carry raw COCO category ids (1..90); VOC records carry
-``1 + VOC_CLASSES.index(name)`` (aeroplane = 1 .. tvmonitor = 20). A detector's contiguous label ``k`` is the
-class ``detector_class_ids(data_cfg)[k]``.
+Kinds of source (:func:`build_source`): a COCO-format split (its own categories, or a DeFRCN class subset of COCO),
+TFA-format COCO few-shot files, VOC-format image sets, TFA-format VOC few-shot lists. The classes and their ids
+come from the catalog (``src.data.catalog.build_catalog``): COCO-format records carry the file's category ids;
+VOC-format records carry ``1 + index`` in the dataset's class list (``data.class_names``, default the 20 Pascal
+VOC classes: aeroplane = 1 .. tvmonitor = 20).
+
+DeFRCN class sets (``data.classes``): a detector's contiguous label ``k`` is the class
+``detector_class_ids(data_cfg)[k]``.
 
 Orders follow TFA/DeFRCN ``data/builtin_meta.py``: COCO classes in ascending id order (all 80, the 60 base or
 the 20 novel); VOC split ``s`` lists its 15 base classes and then its 5 novel classes for ``all`` (the
@@ -20,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from src.data.catalog import Catalog, build_catalog, voc_class_names
 from src.data.coco import CocoFormatError, EmptySplitError, ImageRecord, check_image_file, load_coco_annotations
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.few_shot import (
@@ -152,11 +158,6 @@ def few_shot_root_path(root, few_shot_root) -> Path:
     """``few_shot_root`` as a path: absolute as given, relative to the dataset ``root`` otherwise."""
     path = Path(few_shot_root)
     return path if path.is_absolute() else Path(root) / path
-
-
-def uses_sources(data_cfg: dict) -> bool:
-    """True for data configs of the DeFRCN family (they name ``classes``), False for DETR-style COCO configs."""
-    return "classes" in data_cfg
 
 
 def _safe_name(text: str) -> str:
@@ -359,8 +360,9 @@ class CocoFewShotSource(Source):
 
 
 def _voc_to_image_record(record: VocRecord, devkit: Path, class_names: Sequence[str], check_files: bool,
-                         verify_decode: bool, xml_path: Path) -> Tuple[ImageRecord, int]:
-    """VocRecord (labels index ``class_names``, 0-based xyxy) -> ImageRecord (VOC ids, xywh); skipped count."""
+                         verify_decode: bool, xml_path: Path, class_ids: Sequence[int]) -> Tuple[ImageRecord, int]:
+    """VocRecord (labels index ``class_names``, 0-based xyxy) -> ImageRecord (``class_ids[label]``, xywh); skipped
+    count."""
     file_name = Path(record.file_name).relative_to(devkit).as_posix()
     if check_files:
         try:
@@ -370,23 +372,30 @@ def _voc_to_image_record(record: VocRecord, devkit: Path, class_names: Sequence[
     xyxy = record.boxes.astype(np.float32).reshape(-1, 4)
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
     keep = _usable_boxes(xywh, record.height, record.width)
-    ids = np.asarray([voc_class_id(class_names[k]) for k in record.labels], np.int32).reshape(-1)
+    ids = np.asarray([class_ids[k] for k in record.labels], np.int32).reshape(-1)
     n = int(keep.sum())
     return ImageRecord(voc_image_id(record.file_id), file_name, record.height, record.width, xywh[keep], ids[keep],
                        np.zeros(n, np.int32), np.arange(n, dtype=np.int64)), int((~keep).sum())
 
 
 class VocSource(Source):
-    """Pascal VOC image sets (``2007_trainval+2012_trainval``) with the objects of ``class_names``."""
+    """VOC-format image sets (``2007_trainval+2012_trainval``) with the objects of ``catalog``'s classes.
+
+    An object named outside ``known_names`` (the dataset's whole class list, default ``catalog.names``) is an
+    error naming the XML file and the name; objects of known classes outside the catalog are dropped.
+    """
 
     kind = "voc"
 
-    def __init__(self, name: str, devkit: Path, split_spec: str, class_names: Sequence[str], filter_empty: bool):
-        super().__init__(name, devkit, [voc_class_id(c) for c in class_names], filter_empty)
-        self.devkit, self.parts, self.class_names = Path(devkit), parse_split_spec(split_spec), tuple(class_names)
+    def __init__(self, name: str, devkit: Path, split_spec: str, catalog: Catalog, filter_empty: bool,
+                 known_names: Optional[Sequence[str]] = None):
+        super().__init__(name, devkit, catalog.ids, filter_empty)
+        self.devkit, self.parts, self.class_names = Path(devkit), parse_split_spec(split_spec), catalog.names
+        self.known_names = tuple(known_names or catalog.names)
 
     def _settings(self):
-        return {"image_sets": [f"{year}_{image_set}" for year, image_set in self.parts]}
+        return {"image_sets": [f"{year}_{image_set}" for year, image_set in self.parts],
+                "class_names": list(self.class_names)}
 
     def _index_files(self):
         lists, xmls = [], []
@@ -402,9 +411,10 @@ class VocSource(Source):
     def _read(self, check_files, verify_decode):
         records, skipped = [], 0
         for year, image_set in self.parts:
-            for rec in load_voc_split(self.devkit, year, image_set, self.class_names, keep_difficult=True):
+            for rec in load_voc_split(self.devkit, year, image_set, self.class_names, keep_difficult=True,
+                                      known_names=self.known_names):
                 record, bad = _voc_to_image_record(rec, self.devkit, self.class_names, check_files, verify_decode,
-                                                   voc_annotation_path(self.devkit, rec.file_id))
+                                                   voc_annotation_path(self.devkit, rec.file_id), self.class_ids)
                 records.append(record)
                 skipped += bad
         return records, (f"{len(records)} images of {'+'.join(f'{y}_{s}' for y, s in self.parts)} in "
@@ -439,7 +449,7 @@ class VocFewShotSource(Source):
         records, skipped = [], 0
         for rec in load_voc_few_shot(self.split_root, self.devkit, self.class_names, self.shot, self.seed):
             record, bad = _voc_to_image_record(rec, self.devkit, self.class_names, check_files, verify_decode,
-                                               voc_annotation_path(self.devkit, rec.file_id))
+                                               voc_annotation_path(self.devkit, rec.file_id), self.class_ids)
             records.append(record)
             skipped += bad
         return records, (f"{len(records)} instance records from {self.shot}-shot seed {self.seed} lists of "
@@ -459,7 +469,7 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     dataset, classes = _dataset(data_cfg), _class_set(data_cfg)
-    class_ids, class_names = detector_class_ids(data_cfg), detector_class_names(data_cfg)
+    catalog = build_catalog(data_cfg, root, which)
     split = str(data_cfg[f"{which}_split"])
     few_shot = which == "train" and bool(data_cfg.get("few_shot_root"))
     filter_empty = which == "train" and bool(data_cfg.get("filter_empty", True))
@@ -470,14 +480,15 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
         if dataset == "coco":
             _, images = coco_split_paths(root, split)
             return CocoFewShotSource(f"coco_fewshot_{classes}_{shot}shot_seed{seed}{suffix}", split_root, images,
-                                     class_ids, shot, seed, filter_empty)
+                                     catalog.ids, shot, seed, filter_empty)
         name = f"voc_fewshot_{classes}{_voc_split(data_cfg)}_{shot}shot_seed{seed}{suffix}"
-        return VocFewShotSource(name, split_root, Path(root), class_names, shot, seed, filter_empty)
+        return VocFewShotSource(name, split_root, Path(root), catalog.names, shot, seed, filter_empty)
     if dataset == "coco":
         ann, images = coco_split_paths(root, split)
-        return CocoSource(f"coco_{split}_{classes}{suffix}", ann, images, class_ids, filter_empty)
-    name = f"voc_{split}_{classes}{_voc_split(data_cfg)}{suffix}"
-    return VocSource(name, Path(root), split, class_names, filter_empty)
+        return CocoSource(f"coco_{split}_{classes}{suffix}", ann, images, catalog.ids, filter_empty)
+    voc_set = _voc_split(data_cfg) if "voc_split" in data_cfg else ""
+    name = f"voc_{split}_{classes}{voc_set}{suffix}"
+    return VocSource(name, Path(root), split, catalog, filter_empty, voc_class_names(data_cfg))
 
 
 def load_source(root, data_cfg: dict, which: str, check_files: bool = True,
@@ -493,11 +504,12 @@ def voc_eval_records(root, data_cfg: dict) -> List[VocRecord]:
     """Ground truth of ``val_split`` for ``src.evaluation.voc_evaluator.VocEvaluator``.
 
     Records of every listed image (none dropped), objects of the detector classes only, labels indexing
-    ``detector_class_names(data_cfg)``, difficult objects kept and flagged.
+    the catalog's names (:func:`src.data.catalog.build_catalog`), difficult objects kept and flagged.
 
     Raises:
         VocFormatError: a missing list or annotation, or a malformed one.
     """
-    names = detector_class_names(data_cfg)
+    names = build_catalog(data_cfg, root, "val").names
     return [rec for year, image_set in parse_split_spec(data_cfg["val_split"])
-            for rec in load_voc_split(Path(root), year, image_set, names, keep_difficult=True)]
+            for rec in load_voc_split(Path(root), year, image_set, names, keep_difficult=True,
+                                      known_names=voc_class_names(data_cfg))]

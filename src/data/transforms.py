@@ -34,10 +34,16 @@ def decode_image(data, image_id=None, file_name: Optional[str] = None) -> np.nda
     ``cv2.IMREAD_COLOR`` applies the EXIF orientation and turns grayscale, RGBA (alpha dropped) and CMYK
     JPEGs into three channels; PIL is the fallback for formats OpenCV cannot read.
 
+    A truncated JPEG is an error too: OpenCV would decode it to a full-size image whose missing part is grey. A JPEG
+    that does not end with its EOI marker (``FF D9``) is fully decoded by Pillow, which raises on truncation.
+
     Raises:
-        ValueError: the bytes are not a decodable image; the message names ``image_id`` and ``file_name``.
+        ValueError: the bytes are not a decodable image or a truncated JPEG; the message names ``image_id`` and
+            ``file_name``.
     """
     buffer = np.frombuffer(bytes(data), dtype=np.uint8)
+    if buffer[:2].tobytes() == b"\xff\xd8" and not buffer.tobytes().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        _check_complete_jpeg(buffer, image_id, file_name)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image is not None:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -47,6 +53,16 @@ def decode_image(data, image_id=None, file_name: Optional[str] = None) -> np.nda
     except Exception as e:  # PIL raises many exception types for bad data; all mean "cannot decode"
         raise ValueError(f"cannot decode image id {image_id} (file {file_name!r}): {e}. Replace the file and "
                          f"rebuild the MindRecord set.") from e
+
+
+def _check_complete_jpeg(buffer: np.ndarray, image_id, file_name) -> None:
+    """Decode a JPEG without an EOI marker at its end with Pillow; raise if the data stops early."""
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as im:
+            im.load()
+    except Exception as e:  # PIL raises OSError("image file is truncated ...") and others for bad data
+        raise ValueError(f"cannot decode image id {image_id} (file {file_name!r}): truncated or corrupt JPEG "
+                         f"({e}). Replace the file and rebuild the MindRecord set.") from e
 
 
 def prepare_target(boxes_xywh: np.ndarray, category_ids: np.ndarray, iscrowd: np.ndarray, height: int,

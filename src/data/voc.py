@@ -137,7 +137,7 @@ def _number(node, tag: str, where: Path, context: str) -> float:
 
 
 def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep_difficult: bool = True,
-                  image_dir: Path | None = None) -> VocRecord:
+                  image_dir: Path | None = None, known_names: Sequence[str] | None = None) -> VocRecord:
     """Read one annotation file.
 
     Args:
@@ -145,10 +145,12 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep
         class_names: classes to keep; labels index this sequence. Other objects are dropped.
         keep_difficult: False drops difficult objects (as VOC evaluation lists do not, but some users want).
         image_dir: folder of the JPEG; defaults to ``../JPEGImages`` next to the annotation folder.
+        known_names: the dataset's whole class list; an object named outside it is an error (None: no check).
 
     Raises:
-        VocFormatError: unreadable XML, a missing size / name / bndbox field, or a non-numeric size, difficult
-            or box coordinate (the message names the file, the field and the object).
+        VocFormatError: unreadable XML, a missing size / name / bndbox field, a non-numeric size, difficult
+            or box coordinate (the message names the file, the field and the object), or an object whose name
+            is not in ``known_names`` (names the file and the name).
     """
     xml_path = Path(xml_path)
     try:
@@ -162,6 +164,9 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep
     boxes, labels, difficult = [], [], []
     for obj in root.findall("object"):
         name = _text(obj, "name", xml_path)
+        if known_names is not None and name not in known_names:
+            raise VocFormatError(f"{xml_path}: object name {name!r} is not in the class list {list(known_names)}; "
+                                 f"add it to data.class_names or fix the annotation")
         if name not in class_names:
             continue
         diff_node = obj.find("difficult")
@@ -185,14 +190,14 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str] = VOC_CLASSES, keep
 
 
 def load_voc_split(devkit_root: Path, year: int, split: str, class_names: Sequence[str] = VOC_CLASSES,
-                   keep_difficult: bool = True) -> List[VocRecord]:
+                   keep_difficult: bool = True, known_names: Sequence[str] | None = None) -> List[VocRecord]:
     """All records of ``VOC{year}/ImageSets/Main/{split}.txt`` in list order.
 
     Args:
         devkit_root: the ``VOCdevkit`` folder.
         year: 2007 or 2012.
         split: ``train``, ``val``, ``trainval`` or ``test``.
-        class_names, keep_difficult: see :func:`parse_voc_xml`.
+        class_names, keep_difficult, known_names: see :func:`parse_voc_xml`.
 
     Raises:
         VocFormatError: missing list or annotation file, or a malformed annotation.
@@ -203,5 +208,5 @@ def load_voc_split(devkit_root: Path, year: int, split: str, class_names: Sequen
         xml_path = year_dir / "Annotations" / f"{file_id}.xml"
         if not xml_path.is_file():
             raise VocFormatError(f"{split} list of VOC{year} names {file_id} but {xml_path} does not exist")
-        records.append(parse_voc_xml(xml_path, class_names, keep_difficult))
+        records.append(parse_voc_xml(xml_path, class_names, keep_difficult, known_names=known_names))
     return records

@@ -136,19 +136,20 @@ def export_graph(net: ms.nn.Cell, inputs: Sequence[ms.Tensor], file_name: str | 
 
 
 def build_inference_net(cfg: dict, checkpoint: str | os.PathLike) -> ms.nn.Cell:
-    """InferenceNet of ``cfg`` with ``checkpoint``'s weights (strict), in eval mode.
+    """InferenceNet of ``cfg`` with ``checkpoint``'s weights (strict), in eval mode, for the classes the checkpoint
+    was trained on (``src.engine.checkpoint.checkpoint_catalog``; converted weights: the config's).
 
     Raises:
         DeployError: the checkpoint file does not exist. KeyError/ValueError from
             :func:`src.engine.checkpoint.load_pretrained` for missing/unexpected keys or shape mismatches.
     """
-    from src.engine.checkpoint import load_pretrained
+    from src.engine.checkpoint import checkpoint_catalog, load_pretrained
     from src.engine.evaluate import InferenceNet
     from src.models import build_model
 
     if not Path(checkpoint).is_file():
         raise DeployError(f"checkpoint '{checkpoint}' does not exist; pass a trained or converted .ckpt")
-    detector = build_model(cfg)
+    detector = build_model(cfg, catalog=checkpoint_catalog(checkpoint))
     load_pretrained(checkpoint, detector.network, strict=True)
     net = InferenceNet(detector.network, detector.postprocess)
     net.set_train(False)

@@ -253,22 +253,32 @@ def _non_weight_keys(values: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+CLASS_HEAD_KEY = re.compile(r"(^|\.)(class_embed|class_head|label_enc|cls_score|bbox_pred)(\.|$)")
+"""Names of the tensors whose shape follows the class count: DETR ``class_embed``, Focus-DETR ``class_embed.*`` /
+``class_head`` / ``label_enc`` (denoising label embedding), DeFRCN ``box_predictor.cls_score`` / ``bbox_pred``."""
+
+
 def load_pretrained(
-    path: str | os.PathLike, network: nn.Cell, strict: bool = True
+    path: str | os.PathLike, network: nn.Cell, strict: bool = True, reinit_class_heads: bool = False
 ) -> tuple[list[str], list[str]]:
     """Load weights into ``network`` by parameter name, reporting every missing/unexpected/mismatched key.
 
     Optimizer state and metadata written by :func:`save_checkpoint` are ignored, so both converted
     weight files and training checkpoints are accepted.
 
+    Fine-tuning on another class count (``reinit_class_heads``), as detectron2's checkpointer does it: a class-head
+    tensor (``CLASS_HEAD_KEY``) whose shape differs keeps its initialization, and all of them are listed in ONE
+    warning; a shape mismatch anywhere else is still an error.
+
     Args:
         path: ``.ckpt`` file.
         network: model Cell.
         strict: if True, any missing or unexpected key is an error; if False they are logged and the
             matching keys are loaded.
+        reinit_class_heads: tolerate class-head shape mismatches (see above).
 
     Returns:
-        (missing_keys, unexpected_keys), each sorted.
+        (missing_keys, unexpected_keys), each sorted; re-initialized class-head keys count as missing.
 
     Raises:
         CheckpointNotFoundError (a FileNotFoundError): missing file.
@@ -276,13 +286,25 @@ def load_pretrained(
         CheckpointMismatchError (a KeyError): ``strict`` and some keys are missing or unexpected; the message
             names the model the checkpoint belongs to (:mod:`src.engine.checkpoint_kind`) and a few keys.
         CheckpointShapeError (a ValueError): a key present on both sides has a different shape (always an
-            error: names up to three keys, the checkpoint shape and the model shape).
+            error: names up to three keys, the checkpoint shape and the model shape), except
+            for tolerated class heads.
     """
     values = _load_dict(path)
     ignored = _non_weight_keys(values)
     weights = {name: value for name, value in values.items() if name not in ignored}
     targets = _network_params(network)
-    missing = sorted(name for name in targets if name not in weights)
+    reinit = []
+    if reinit_class_heads:
+        reinit = sorted(name for name, param in targets.items()
+                        if name in weights and CLASS_HEAD_KEY.search(name)
+                        and tuple(weights[name].shape) != tuple(param.shape))
+        if reinit:
+            logger.warning("loading '%s': %d class-head tensor(s) differ in shape (another class count) and keep "
+                           "their initialization: %s", path, len(reinit),
+                           "; ".join(f"{k} checkpoint {tuple(weights[k].shape)} vs model {tuple(targets[k].shape)}"
+                                     for k in reinit))
+            weights = {k: v for k, v in weights.items() if k not in reinit}
+    missing = sorted(name for name in targets if name not in weights and name not in reinit)
     unexpected = sorted(name for name in weights if name not in targets)
     _check_shapes(targets, weights, path)
     if missing or unexpected:
@@ -290,7 +312,23 @@ def load_pretrained(
             raise CheckpointMismatchError(mismatch_message(path, weights, targets, missing, unexpected))
         logger.warning("loading '%s': missing keys %s; unexpected keys %s", path, missing, unexpected)
     _assign(targets, weights)
-    return missing, unexpected
+    return sorted(missing + reinit), unexpected
+
+
+META_CATEGORIES = "categories"
+"""``extra`` entry of training checkpoints: the dataset's catalog as JSON (:meth:`src.data.catalog.Catalog.to_json`)."""
+
+
+def checkpoint_catalog(path: str | os.PathLike):
+    """The :class:`src.data.catalog.Catalog` a training checkpoint was trained on, or None (e.g. converted weights).
+
+    Raises:
+        FileNotFoundError: missing file. src.data.catalog.CatalogError: a malformed stored class list.
+    """
+    from src.data.catalog import Catalog
+
+    text = _load_dict(path).get(META_CATEGORIES)
+    return Catalog.from_json(text, f"{path} ({META_CATEGORIES})") if isinstance(text, str) else None
 
 
 def checkpoint_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -1,20 +1,20 @@
-"""Evaluation of a detector over a split: dataset -> inference graph -> COCO or VOC metrics.
+"""Evaluation of a detector over a split: one predict-and-score loop for every model family and dataset.
 
-Two paths, chosen by the data config:
+:func:`evaluate_model` reads ``data.val_split`` through the one data road (``src.data.dataset.create_dataset``),
+runs the inference graph (network + post-process, detections in original-image pixels with dataset category
+ids), and :func:`score_detections` scores them with the metrics of the dataset format:
 
-* DETR-family configs (a COCO split, :func:`evaluate_coco`): follows facebookresearch/detr
-  ``engine.evaluate`` (post-process to original-image pixels, COCO bbox evaluation), with the post-process
-  compiled into the same graph as the network.
-* DeFRCN-family configs (``data.classes`` set, :func:`evaluate_few_shot`): follows er-muyue/DeFRCN
-  ``defrcn/evaluation/evaluator.py`` with its ``COCOEvaluator`` / ``PascalVOCDetectionEvaluator``. COCO: the
-  12 COCOeval stats over the detector's classes plus ``bAP*`` / ``nAP*`` on its base / novel classes
-  (``src.evaluation.few_shot_metrics``); VOC: AP50 with the VOC2007 11-point metric (area under the curve
-  when the test set is not VOC2007, as DeFRCN), AP over IoU 0.50:0.95, ``bAP50`` / ``nAP50`` and per-class
-  AP50 (``src.evaluation.voc_evaluator``), ground truth from the XML files of ``data.val_split``. With
-  ``eval.pcb_enable`` every image's detections are re-scored by PCB (``src.engine.pcb_eval``) before they
-  reach the evaluator. Difference: DeFRCN's overall COCO AP averages over every category of the annotation
-  file; here it averages over the detector's classes (equal for the 80-class gFSOD detector; for base
-  training or FSOD it equals bAP or nAP instead of being diluted by classes the detector cannot predict).
+* COCO-format datasets: the 12 COCOeval bbox stats over the catalog's classes (``src.data.catalog``), following
+  facebookresearch/detr ``engine.evaluate``; for the DeFRCN few-shot class sets also ``bAP*`` / ``nAP*`` on the
+  COCO base / novel classes (``src.evaluation.few_shot_metrics``, er-muyue/DeFRCN ``COCOEvaluator``).
+* VOC-format datasets: AP50 with the VOC2007 11-point metric (area under the curve when the test set is not
+  VOC2007, as DeFRCN ``PascalVOCDetectionEvaluator``), AP over IoU 0.50:0.95 and AP75, per-class AP50, and for the
+  DeFRCN VOC splits ``bAP50`` / ``nAP50`` (``src.evaluation.voc_evaluator``); ground truth from the XML files.
+
+With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.engine.pcb_eval``) before
+they reach the evaluator. Difference: DeFRCN's overall COCO AP averages over every category of the annotation
+file; here it averages over the detector's classes (equal for the 80-class gFSOD detector; for base training or
+FSOD it equals bAP or nAP instead of being diluted by classes the detector cannot predict).
 """
 
 from __future__ import annotations
@@ -27,19 +27,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from src.data.coco import annotation_file
-from src.data.dataset import create_coco_dataset, create_dataset
+from src.data.catalog import build_catalog, coco_catalog
+from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
-from src.data.sources import (
-    coco_split_paths,
-    detector_class_ids,
-    detector_class_names,
-    uses_sources,
-    voc_eval_records,
-)
+from src.data.sources import coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
 from src.engine.pcb_eval import build_pcb
-from src.evaluation.coco_evaluator import CocoEvaluator
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.voc_evaluator import VocEvaluator
 from src.progress import track
@@ -71,56 +64,6 @@ class InferenceNet(nn.Cell):
         return self.postprocess(*outputs, orig_size.astype(ms.float32))
 
 
-def evaluate_coco(net: InferenceNet, cfg: dict, coco_path: str, split: str, mindrecord_dir: str,
-                  output_dir: str | Path | None = None, max_images: int | None = None,
-                  logger=None) -> dict:
-    """Run ``net`` over a COCO split and return the 12 COCOeval bbox stats by name.
-
-    Writes ``bbox_results.json`` (COCO results format) and ``metrics.json`` into ``output_dir`` when given.
-
-    Args:
-        net: the inference graph, weights loaded, set to eval mode here.
-        cfg: the config (``data`` and ``eval`` sections are used).
-        coco_path, split: the ground truth is ``coco_path/annotations/instances_{split}.json``.
-        mindrecord_dir: MindRecord cache (built on first use).
-        max_images: evaluate only the first N images (the ground truth is restricted to them too).
-
-    Returns:
-        dict stat name -> float (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl).
-    """
-    net.set_train(False)
-    dataset = create_coco_dataset(coco_path, split, mindrecord_dir, is_training=False,
-                                  batch_size=cfg["eval"]["batch_size"], data_cfg=cfg["data"],
-                                  max_images=max_images)
-    evaluator = CocoEvaluator(annotation_file(coco_path, split))
-    batches = track(dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1),
-                    dataset.get_dataset_size() * cfg["eval"]["batch_size"], f"evaluating {split}",
-                    count=lambda batch: batch[0].shape[0], logger=logger)
-    for image, mask, image_id, orig_size in batches:
-        scores, labels, boxes = net(image, mask, orig_size)
-        evaluator.update(image_id.asnumpy(), scores.asnumpy(), labels.asnumpy(), boxes.asnumpy())
-    if logger is not None:
-        logger.info("evaluated %d images of %s", len(evaluator.image_ids), split)
-    stats = evaluator.evaluate()
-    if output_dir is not None:
-        evaluator.write_results(Path(output_dir) / "bbox_results.json")
-        evaluator.write_metrics(Path(output_dir) / "metrics.json")
-    return stats
-
-
-def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str, mindrecord_dir: str,
-                   output_dir: str | Path | None = None, max_images: int | None = None, logger=None) -> dict:
-    """Evaluate ``net`` on ``split`` with the path of ``cfg``'s model family (see the module docstring).
-
-    Returns:
-        The stats dict of :func:`evaluate_coco` or :func:`evaluate_few_shot`.
-    """
-    if not uses_sources(cfg["data"]):
-        return evaluate_coco(net, cfg, root, split, mindrecord_dir, output_dir, max_images, logger)
-    cfg = {**cfg, "data": {**cfg["data"], "val_split": split}}
-    return evaluate_few_shot(net, cfg, root, mindrecord_dir, output_dir, max_images, logger)
-
-
 def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_images: int | None):
     """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch."""
     net.set_train(False)
@@ -145,23 +88,29 @@ def _calibrate(pcb, image_path, image_ids, scores, labels, boxes) -> np.ndarray:
     return scores
 
 
-def evaluate_few_shot(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str,
-                      output_dir: str | Path | None = None, max_images: int | None = None, logger=None) -> dict:
-    """Run a DeFRCN-family detector over ``data.val_split`` and score it (optionally with PCB).
+def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str | None, mindrecord_dir: str,
+                   output_dir: str | Path | None = None, max_images: int | None = None, logger=None) -> dict:
+    """Run ``net`` over ``split`` of the dataset at ``root`` and score it (see the module docstring).
 
-    PCB prototypes are cached in ``mindrecord_dir/pcb_prototypes``.
+    PCB prototypes (DeFRCN, ``eval.pcb_enable``) are cached in ``mindrecord_dir/pcb_prototypes``.
 
     Args:
-        net: the inference graph (weights loaded); set to eval mode here, so classifier dropout is off.
+        net: the inference graph (weights loaded); set to eval mode here (so dropout is off).
         cfg: the config (``data``, ``eval``).
-        root: dataset root (COCO folder or VOCdevkit).
-        mindrecord_dir: MindRecord cache of the evaluation (and support) sets.
+        root: dataset root (a COCO-format folder or a VOCdevkit).
+        split: the split to evaluate (None: ``data.val_split``).
+        mindrecord_dir: MindRecord cache of the evaluation (and support) sets, built on first use.
         output_dir, logger: see :func:`score_detections`.
         max_images: evaluate only the first N images (the ground truth is restricted to them too).
 
     Returns:
         See :func:`score_detections`.
+
+    Raises:
+        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message).
     """
+    if split is not None:
+        cfg = {**cfg, "data": {**cfg["data"], "val_split": split}}
     pcb = build_pcb(cfg, root, Path(mindrecord_dir) / "pcb_prototypes")
     return score_detections(cfg, root, _predict(net, cfg, root, mindrecord_dir, max_images), output_dir, pcb, logger)
 
@@ -191,12 +140,14 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
     """
     log = logger or logging.getLogger(__name__)
     data_cfg = cfg["data"]
-    extra = {"dataset": data_cfg["dataset"], "classes": data_cfg["classes"], "split": data_cfg["val_split"],
-             "pcb": pcb is not None}
+    catalog = build_catalog(data_cfg, root, "val")
+    extra = {"dataset": data_cfg["dataset"], "classes": data_cfg.get("classes", "all"),
+             "categories": [{"id": i, "name": n} for i, n in zip(catalog.ids, catalog.names)],
+             "split": data_cfg["val_split"], "pcb": pcb is not None}
     if data_cfg["dataset"] == "coco":
-        stats, num_images = _score_coco(data_cfg, root, batches, output_dir, pcb, extra)
+        stats, num_images = _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra)
     else:
-        stats, num_images = _score_voc(data_cfg, root, batches, output_dir, pcb, extra)
+        stats, num_images = _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra)
     log.info("evaluated %d images of %s%s", num_images, data_cfg["val_split"], " with PCB" if pcb else "")
     for prefix, title in (("", "overall"), ("b", "base"), ("n", "novel")):
         if f"{prefix}AP50" in stats:
@@ -207,12 +158,20 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
     return stats
 
 
-def _score_coco(data_cfg, root, batches, output_dir, pcb, extra):
-    class_ids = detector_class_ids(data_cfg)
+def _is_coco_class_set(data_cfg: dict, catalog) -> bool:
+    """True for the DeFRCN class sets of COCO itself (its ids mean COCO's classes), where base/novel apply."""
+    coco = coco_catalog().id_to_name()
+    return "classes" in data_cfg and all(coco.get(i) == n for i, n in zip(catalog.ids, catalog.names))
+
+
+def _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra):
+    class_ids = catalog.ids
     ann, images_folder = coco_split_paths(root, data_cfg["val_split"])
-    base = [c for c in class_ids if c in COCO_BASE_IDS]
-    novel = [c for c in class_ids if c in COCO_NOVEL_IDS]
-    evaluator = FewShotCocoEvaluator(ann, base_ids=base or None, novel_ids=novel or None, all_ids=class_ids)
+    split_sets = _is_coco_class_set(data_cfg, catalog)
+    base = [c for c in class_ids if c in COCO_BASE_IDS] if split_sets else []
+    novel = [c for c in class_ids if c in COCO_NOVEL_IDS] if split_sets else []
+    evaluator = FewShotCocoEvaluator(ann, max(class_ids) + 1, base_ids=base or None, novel_ids=novel or None,
+                                     all_ids=class_ids)
     images = evaluator.coco_gt.imgs
 
     def image_path(image_id):
@@ -227,9 +186,9 @@ def _score_coco(data_cfg, root, batches, output_dir, pcb, extra):
     return stats, len(set(evaluator.image_ids))
 
 
-def _score_voc(data_cfg, root, batches, output_dir, pcb, extra):
-    names = detector_class_names(data_cfg)
-    index = {int(c): k for k, c in enumerate(detector_class_ids(data_cfg))}
+def _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra):
+    names = catalog.names
+    index = {int(c): k for k, c in enumerate(catalog.ids)}
     records = {r.file_id: r for r in voc_eval_records(root, data_cfg)}
 
     def image_path(image_id):
@@ -247,8 +206,9 @@ def _score_voc(data_cfg, root, batches, output_dir, pcb, extra):
     # The evaluator is built once the evaluated images are known, so a partial run is scored on its own images.
     split = int(data_cfg.get("voc_split", 1))
     use_07 = all(year == 2007 for year, _ in parse_split_spec(data_cfg["val_split"]))
-    base = [n for n in names if n in VOC_BASE_CLASSES[split]]
-    novel = [n for n in names if n in VOC_NOVEL_CLASSES[split]]
+    split_sets = "voc_split" in data_cfg and data_cfg.get("class_names") is None
+    base = [n for n in names if n in VOC_BASE_CLASSES[split]] if split_sets else []
+    novel = [n for n in names if n in VOC_NOVEL_CLASSES[split]] if split_sets else []
     evaluator = VocEvaluator([records[f] for f in seen], names, use_07, base or None, novel or None)
     for batch in kept:
         evaluator.update(*batch)

@@ -10,7 +10,7 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from src.data.coco_classes import COCO_CATEGORY_NAMES
+from src.data.catalog import coco_catalog
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform, decode_image
 
@@ -27,18 +27,21 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(path.read_bytes(), file_name=str(path))
 
 
-def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float) -> list:
+def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None) -> list:
     """Run ``net`` (an :class:`src.engine.evaluate.InferenceNet`) on one image.
 
     Args:
         image_rgb: uint8 [H, W, 3] RGB.
         data_cfg: the config's ``data`` section (eval resize and pad buckets).
         score_threshold: keep detections with score >= this.
+        catalog: :class:`src.data.catalog.Catalog` naming the category ids (default: COCO 2017's); an id outside
+            it is named ``class_<id>``.
 
     Returns:
         list of dicts ``{"bbox": [x, y, w, h] pixels, "score", "category_id", "category_name"}``, sorted by
         descending score.
     """
+    names = (catalog or coco_catalog()).id_to_name()
     height, width = image_rgb.shape[:2]
     no_boxes = np.zeros((0, 4), np.float32)
     image, _, _ = build_eval_transform(data_cfg)(image_rgb, no_boxes, np.zeros((0,), np.int32), None)
@@ -55,5 +58,5 @@ def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float) 
         category_id = int(labels[i])
         detections.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i]),
                            "category_id": category_id,
-                           "category_name": COCO_CATEGORY_NAMES.get(category_id, f"class_{category_id}")})
+                           "category_name": names.get(category_id, f"class_{category_id}")})
     return detections

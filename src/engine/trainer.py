@@ -33,8 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.catalog import build_catalog
 from src.data.dataset import create_dataset
-from src.engine.checkpoint import checkpoint_path, load_for_resume, load_pretrained, save_checkpoint
+from src.engine.checkpoint import (
+    META_CATEGORIES,
+    checkpoint_path,
+    load_for_resume,
+    load_pretrained,
+    save_checkpoint,
+)
 from src.engine.logger import setup_logger
 from src.engine.loss_plot import plot_runs
 from src.engine.lr_schedule import build_optimizer
@@ -94,7 +101,8 @@ class TrainOptions:
         output_dir: logs, the resolved config and ``checkpoints/`` go here.
         mindrecord_dir: MindRecord cache for the split (built on first use).
         resume: checkpoint to continue from (weights, optimizer state, epoch, step).
-        pretrained: checkpoint whose weights initialize the network.
+        pretrained: checkpoint whose weights initialize the network; class-head tensors whose shape differs (another
+            class count, ``src.engine.checkpoint.CLASS_HEAD_KEY``) keep their initialization, listed in one warning.
         max_steps: stop after this many optimizer steps in total (0: run the whole schedule).
         max_images: use only the first N images of the split (small runs and tests).
         strict_pretrained: every network key must be in ``pretrained`` and vice versa. False lets keys missing
@@ -170,9 +178,12 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
     """
     logger = setup_logger(opts.output_dir, "train", runtime.rank_id)
     train_cfg, data_cfg = cfg["train"], cfg["data"]
-    detector = build_model(cfg, distributed=runtime.distributed)
+    catalog = build_catalog(data_cfg, opts.coco_path, "train")
+    logger.info("classes (%s): %s", catalog.source, ", ".join(f"{i} {n}" for i, n in zip(catalog.ids, catalog.names)))
+    detector = build_model(cfg, distributed=runtime.distributed, catalog=catalog)
     if opts.pretrained:
-        missing, _ = load_pretrained(opts.pretrained, detector.network, strict=opts.strict_pretrained)
+        missing, _ = load_pretrained(opts.pretrained, detector.network, strict=opts.strict_pretrained,
+                                     reinit_class_heads=True)
         logger.info("initialized weights from %s%s", opts.pretrained,
                     f"; {len(missing)} key(s) keep their initialization: {missing}" if missing else "")
 
@@ -209,7 +220,8 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
         path = checkpoint_path(Path(opts.output_dir) / "checkpoints", cfg["model"]["name"],
                                at_step // steps_per_epoch, at_step)
         save_checkpoint(path, detector.network, optimizer, epoch=at_step // steps_per_epoch, step=at_step,
-                        keep_checkpoint_max=train_cfg["keep_checkpoint_max"])
+                        keep_checkpoint_max=train_cfg["keep_checkpoint_max"],
+                        extra={META_CATEGORIES: catalog.to_json()})
         logger.info("saved %s", path)
         return path
 

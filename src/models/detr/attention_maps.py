@@ -9,7 +9,7 @@ READMEs. The detections and the attention weights come out of one MindSpore forw
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import cv2
 import mindspore as ms
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from mindspore import nn
 
-from src.data.coco_classes import COCO_CATEGORY_NAMES
+from src.data.catalog import coco_catalog
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.fileio import atomic_output
@@ -113,7 +113,7 @@ def _ranked(result: dict, score_threshold: float) -> list:
 
 
 def plot_decoder_attention(image_rgb: np.ndarray, result: dict, path: Path, score_threshold: float,
-                           max_panels: int = MAX_PANELS) -> int:
+                           max_panels: int = MAX_PANELS, class_names: Optional[Dict[int, str]] = None) -> int:
     """One panel per detection (score >= ``score_threshold``, best ``max_panels`` first): the image, the
     query's cross-attention as a heat map, and its box and class.
 
@@ -131,7 +131,8 @@ def plot_decoder_attention(image_rgb: np.ndarray, result: dict, path: Path, scor
         _overlay(ax, image_rgb, result["decoder"][q])
         x0, y0, x1, y1 = result["boxes"][q]
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=2))
-        name = COCO_CATEGORY_NAMES.get(int(result["labels"][q]), f"class_{int(result['labels'][q])}")
+        names = class_names if class_names is not None else coco_catalog().id_to_name()
+        name = names.get(int(result["labels"][q]), f"class_{int(result['labels'][q])}")
         ax.set_title(f"query {q}: {name} {result['scores'][q]:.2f}", fontsize=10)
     _save(fig, path)
     return len(order)
@@ -184,12 +185,14 @@ def parse_point(text: str) -> tuple:
 
 
 def write_attention_figures(net: DetrAttentionNet, image_rgb: np.ndarray, data_cfg: dict, out_dir: Path, stem: str,
-                            score_threshold: float, points: Optional[Sequence] = None) -> list:
+                            score_threshold: float, points: Optional[Sequence] = None,
+                            class_names: Optional[Dict[int, str]] = None) -> list:
     """Write ``<stem>_decoder_attention.png`` (if any detection passes the threshold) and
     ``<stem>_encoder_attention.png`` into ``out_dir``.
 
     Args:
         points: (x, y) pixels for the encoder figure; default :func:`default_points`.
+        class_names: category id -> name for the panel titles (``Catalog.id_to_name``; default COCO 2017's).
 
     Returns:
         The paths written.
@@ -204,7 +207,7 @@ def write_attention_figures(net: DetrAttentionNet, image_rgb: np.ndarray, data_c
     result = run_attention(net, image_rgb, data_cfg)
     written = []
     decoder_path = Path(out_dir) / f"{stem}_decoder_attention.png"
-    if plot_decoder_attention(image_rgb, result, decoder_path, score_threshold):
+    if plot_decoder_attention(image_rgb, result, decoder_path, score_threshold, class_names=class_names):
         written.append(decoder_path)
     encoder_path = Path(out_dir) / f"{stem}_encoder_attention.png"
     plot_encoder_attention(image_rgb, result,

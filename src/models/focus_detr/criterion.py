@@ -20,8 +20,8 @@ two-stage criterion built on ``detrex/modeling/criterion/criterion.py::SetCriter
   ``loss_bbox_dn``/``loss_giou_dn`` over the positive slots of real boxes, each divided by ``num_boxes * groups``;
   weights 1 / 5 / 2 on the final layer and (with ``aux_loss``) on every other decoder layer.
 
-The targets carry raw COCO category ids (1..90, sparse); they are mapped to the contiguous ``0..K-1`` indices of
-the class heads with a constant lookup table (COCO order of :data:`src.data.coco_classes.COCO_CATEGORY_NAMES`).
+The targets carry dataset category ids (COCO: 1..90, sparse); they are mapped to the contiguous ``0..K-1`` indices of
+the class heads with the dataset catalog's lookup table (:meth:`src.data.catalog.Catalog.id_to_label_table`).
 """
 
 from typing import Tuple
@@ -30,20 +30,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.models.focus_detr.fts import FCOS_STRIDES, fcos_foreground_labels
 from src.models.focus_detr.losses import SELECT_LOSS_WEIGHT, foreground_supervision_loss, sigmoid_focal_loss
 from src.ops.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from src.ops.matcher import HungarianMatcher
-
-COCO_IDS = tuple(sorted(COCO_CATEGORY_NAMES))
-
-
-def coco_id_to_contiguous_table() -> np.ndarray:
-    """int32 ``[max_id + 1]``: contiguous class index of each raw COCO id; ids that are not categories map to 0."""
-    table = np.zeros(max(COCO_IDS) + 1, np.int32)
-    table[list(COCO_IDS)] = np.arange(len(COCO_IDS), dtype=np.int32)
-    return table
 
 
 def level_shapes_of(image_hw: Tuple[int, int], num_levels: int) -> Tuple[Tuple[int, int], ...]:
@@ -72,7 +62,8 @@ class FocusDETRCriterion(nn.Cell):
         weight_select: weight of the foreground supervision loss (1.5).
         focal_alpha, focal_gamma: focal loss parameters (0.25, 2).
         aux_loss: add the losses of the auxiliary decoder layers and of the encoder proposals.
-        map_coco_ids: map raw COCO category ids to contiguous indices (otherwise labels are already ``0..K-1``).
+        label_table: int32 ``[max id + 1]``, dataset category id -> contiguous index
+            (:meth:`src.data.catalog.Catalog.id_to_label_table`); None when labels already are ``0..K-1``.
         distributed: average ``num_boxes`` over the ranks (needs ``mindspore.communication.init()``).
 
     Inputs:
@@ -85,7 +76,7 @@ class FocusDETRCriterion(nn.Cell):
         image_mask (Tensor[bool]): ``[B, H, W]`` input padding mask, True on padding; gives the level shapes and the
             unpadded image sizes.
         tgt_boxes (Tensor[float32]): ``[B, M, 4]`` normalized cxcywh of the unpadded resized image.
-        tgt_labels (Tensor[int32]): ``[B, M]`` raw COCO category ids (or contiguous with ``map_coco_ids=False``).
+        tgt_labels (Tensor[int32]): ``[B, M]`` dataset category ids (or contiguous without ``label_table``).
         tgt_valid (Tensor[bool]): ``[B, M]``; valid rows first.
         dn_outputs (tuple or None): the denoising outputs of :class:`src.models.focus_detr.model.FocusDETR`
             (``dn_logits, dn_boxes`` and the slot layout, see :meth:`denoising_loss`); their loss is added, with the
@@ -101,8 +92,7 @@ class FocusDETRCriterion(nn.Cell):
 
     def __init__(self, num_classes: int, matcher: nn.Cell, weight_class: float = 1.0, weight_bbox: float = 5.0,
                  weight_giou: float = 2.0, weight_select: float = SELECT_LOSS_WEIGHT, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, aux_loss: bool = True, map_coco_ids: bool = True,
-                 distributed: bool = False):
+                 focal_gamma: float = 2.0, aux_loss: bool = True, label_table=None, distributed: bool = False):
         super().__init__()
         self.num_classes = int(num_classes)
         self.matcher = matcher
@@ -113,8 +103,8 @@ class FocusDETRCriterion(nn.Cell):
         self.focal_alpha = float(focal_alpha)
         self.focal_gamma = float(focal_gamma)
         self.aux_loss = bool(aux_loss)
-        self.map_coco_ids = bool(map_coco_ids)
-        self.label_table = Tensor(coco_id_to_contiguous_table())
+        self.map_coco_ids = label_table is not None
+        self.label_table = Tensor(np.asarray(label_table if self.map_coco_ids else [0], np.int32).reshape(-1))
         self.distributed = bool(distributed)
         self.group_size = 1.0
         if self.distributed:
@@ -131,7 +121,7 @@ class FocusDETRCriterion(nn.Cell):
         return ops.maximum(count, 1.0)
 
     def contiguous_labels(self, tgt_labels):
-        """Raw COCO ids ``[B, M]`` -> contiguous int32 indices ``[B, M]`` (identity with ``map_coco_ids=False``)."""
+        """Dataset category ids ``[B, M]`` -> contiguous int32 indices ``[B, M]`` (identity without a label table)."""
         labels = tgt_labels.astype(ms.int32)
         if self.map_coco_ids:
             labels = ops.gather(self.label_table, ops.clamp(labels, 0, self.label_table.shape[0] - 1), 0)
@@ -243,14 +233,22 @@ def build_criterion(num_classes: int = 80, aux_loss: bool = True, set_cost_class
                     set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0, class_loss_coef: float = 1.0,
                     bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0,
                     select_loss_coef: float = SELECT_LOSS_WEIGHT, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                    distributed: bool = False) -> FocusDETRCriterion:
+                    distributed: bool = False, label_table=None) -> FocusDETRCriterion:
     """Build the Focus-DETR criterion from the ``loss:`` config keys (defaults: detrex ``focus_detr_r50.py``).
+
+    ``label_table``: int32 ``[max id + 1]`` dataset id -> contiguous class (``Catalog.id_to_label_table``); None: the
+    COCO 2017 catalog's table (``src.data.catalog.coco_catalog``).
 
     Raises:
         ValueError: if all matching costs are zero.
     """
+    if label_table is None:
+        from src.data.catalog import coco_catalog
+
+        label_table = coco_catalog().id_to_label_table()
     matcher = HungarianMatcher(cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou,
                                class_cost="focal", focal_alpha=focal_alpha, focal_gamma=focal_gamma)
     return FocusDETRCriterion(num_classes, matcher, weight_class=class_loss_coef, weight_bbox=bbox_loss_coef,
                               weight_giou=giou_loss_coef, weight_select=select_loss_coef, focal_alpha=focal_alpha,
-                              focal_gamma=focal_gamma, aux_loss=aux_loss, distributed=distributed)
+                              focal_gamma=focal_gamma, aux_loss=aux_loss, label_table=label_table,
+                              distributed=distributed)

@@ -67,7 +67,7 @@ class FocusDetectorPostProcess(nn.Cell):
 
     Args:
         num_select: detections kept per image (300).
-        category_ids: dataset category id of each contiguous class index (the 80 sorted COCO ids by default).
+        category_ids: dataset category id of each contiguous class index (``Catalog.ids``; the 80 COCO ids by default).
 
     Inputs:
         pred_logits (Tensor[float32]): ``[D, B, Q, K]``; pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` cxcywh;
@@ -81,9 +81,9 @@ class FocusDetectorPostProcess(nn.Cell):
     def __init__(self, num_select: int = 300, category_ids=None):
         super().__init__()
         if category_ids is None:
-            from src.data.coco_classes import COCO_CATEGORY_NAMES
+            from src.data.catalog import coco_catalog
 
-            category_ids = sorted(COCO_CATEGORY_NAMES)
+            category_ids = coco_catalog().ids
         self.topk = FocusPostProcess(num_select)
         self.category_ids = ms.Tensor(np.asarray(category_ids, np.int32))
 
