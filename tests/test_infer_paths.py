@@ -78,10 +78,11 @@ def test_infer_writes_the_planned_names_and_keeps_inputs(tmp_path, images, monke
     # The detector is replaced by a stub (one fixed detection): this test is about files; the real model's
     # inference runs in test_train_e2e.
     detection = {"bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.9, "category_id": 1, "category_name": "person"}
-    monkeypatch.setattr(infer, "build_model", lambda cfg: SimpleNamespace(network=None, postprocess=None))
+    monkeypatch.setattr(infer, "checkpoint_catalog", lambda path: None)  # the config's (COCO) classes
+    monkeypatch.setattr(infer, "build_model", lambda cfg, catalog: SimpleNamespace(network=None, postprocess=None))
     monkeypatch.setattr(infer, "load_pretrained", lambda path, network, strict: ([], []))
     monkeypatch.setattr(infer, "InferenceNet", lambda network, postprocess: SimpleNamespace(set_train=bool))
-    monkeypatch.setattr(infer, "predict", lambda net, image, data_cfg, threshold: [detection])
+    monkeypatch.setattr(infer, "predict", lambda net, image, data_cfg, threshold, catalog: [detection])
     out = tmp_path / "out"
     inside = _link(out / "cat.jpg", images[0])  # its drawing would be out/cat.jpg
     other = _link(tmp_path / "a" / "cat_det.jpg", images[1])  # the protected input's new name
