@@ -72,12 +72,12 @@ BOXES = [[100.0, 120.0, 108.0, 128.0], [30.5, 400.2, 38.9, 440.0], [210.3, 95.7,
          [0.0, 0.0, 1000.0, 1000.0], [-40.0, -25.0, 180.0, 96.0], [700.0, 500.0, 1150.0, 1120.0]]
 
 
-@pytest.mark.parametrize("name, out, scale, max_grid, shape", [
-    ("box head, W > H", 7, 1.0 / 16, 12, (2, 3, 66, 72)),
-    ("box head, H > W", 7, 1.0 / 16, 12, (1, 2, 72, 66)),
-    ("PCB", 1, 1.0 / 32, 64, (1, 3, 36, 40)),
+@pytest.mark.parametrize("name, out, scale, max_grid, chunk, shape", [
+    ("box head, W > H", 7, 1.0 / 16, 12, 128, (1, 3, 66, 72)),
+    ("box head, H > W, chunks of 4 RoIs", 7, 1.0 / 16, 12, 4, (2, 2, 72, 66)),
+    ("PCB", 1, 1.0 / 32, 64, 128, (1, 3, 36, 40)),
 ])
-def test_adaptive_pooling_matches_detectron2_kernel(name, out, scale, max_grid, shape):
+def test_adaptive_pooling_matches_detectron2_kernel(name, out, scale, max_grid, chunk, shape):
     assert ms.get_context("mode") == ms.GRAPH_MODE
     rng = np.random.default_rng(0)
     batch, channels, height, width = shape
@@ -85,15 +85,16 @@ def test_adaptive_pooling_matches_detectron2_kernel(name, out, scale, max_grid, 
     boxes = np.stack([np.roll(np.asarray(BOXES, np.float32), b, axis=0) for b in range(batch)])
     sens = rng.uniform(-1.0, 1.0, (batch * len(BOXES), channels, out, out)).astype(np.float32)
 
-    pooler = ROIAlignV2(out, scale, 0, max_grid)
+    pooler = ROIAlignV2(out, scale, 0, max_grid, chunk)
     pooled = pooler(Tensor(features), Tensor(boxes)).asnumpy()
     grad = _FeatureGrad(pooler)(Tensor(features), Tensor(boxes), Tensor(sens)).asnumpy()
 
     assert pooled.shape == (batch * len(BOXES), channels, out, out)
     expected_grad = np.zeros(shape)
+    maps = {tuple(box): _reference_map(height, width, box, out, scale) for box in boxes[0]}
     for b in range(batch):
         for k, box in enumerate(boxes[b]):
-            linear = _reference_map(height, width, box, out, scale)
+            linear = maps[tuple(box)]
             row = b * len(BOXES) + k
             expected = np.einsum("pqhw,chw->cpq", linear, features[b].astype(np.float64))
             np.testing.assert_allclose(pooled[row], expected, rtol=0, atol=1e-5, err_msg=f"{name}: box {box}")
@@ -116,3 +117,5 @@ def test_bad_sampling_settings_are_refused():
         ROIAlignV2(7, 1.0 / 16, -1)
     with pytest.raises(ValueError, match="max_grid"):
         ROIAlignV2(7, 1.0 / 16, 0, 0)
+    with pytest.raises(ValueError, match="chunk"):
+        ROIAlignV2(7, 1.0 / 16, 0, 12, 0)
