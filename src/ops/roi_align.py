@@ -14,7 +14,8 @@ weight of feature row h summed over the bin's valid y samples and divided by gy 
 built with static shapes: ``max_grid`` sample positions per bin side are always computed and the ones at index
 ``>= g`` (this RoI's own count) get weight zero. Two batched matrix products then pool every RoI of an image
 (the larger of H and W is contracted first, which keeps the intermediate ``[B, K * P, C * min(H, W)]``; RoIs
-are pooled ``chunk`` at a time to bound it). This
+are pooled ``chunk`` at a time to bound it; with dynamic shapes, as PCB compiles with unknown H, W and box
+count, H is contracted first and the RoIs are pooled in one piece). This
 equals detectron2 for every RoI with ``ceil(side / P) <= max_grid`` (box side up to ``max_grid * P / s``
 pixels: 1344 px for the box head's 12 x 7 at 1/16, 2048 px for PCB's 64 x 1 at 1/32); larger RoIs use
 ``max_grid`` samples per bin side. Gradients flow to the features only (boxes are constants, as in detectron2).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+from mindspore.ops import functional as F
 
 
 class ROIAlignV2(nn.Cell):
@@ -81,11 +83,13 @@ class ROIAlignV2(nn.Cell):
         steps = ops.arange(grid_max).astype(ms.float32).reshape(1, 1, 1, grid_max)
         pos = start.expand_dims(-1).expand_dims(-1) + bins * bin_size + (steps + 0.5) * bin_size / grid
         keep = (steps < grid).astype(ms.float32) * has_samples
-        keep = keep * ((pos >= -1.0) & (pos <= float(size))).astype(ms.float32)
+        # size may be a dynamic scalar (PCB runs with unknown H and W): keep it a tensor.
+        limit = ops.scalar_to_tensor(size, ms.float32)
+        keep = keep * ((pos >= -1.0) & (pos <= limit)).astype(ms.float32)
         pos = ops.maximum(pos, 0.0)
         low = ops.floor(pos)
-        at_edge = low >= size - 1
-        low = ops.where(at_edge, ops.full_like(low, size - 1), low)
+        at_edge = low >= limit - 1.0
+        low = ops.minimum(low, limit - 1.0)
         high = ops.where(at_edge, low, low + 1.0)
         frac = ops.where(at_edge, ops.zeros_like(pos), pos - low)
         index = ops.arange(size).astype(ms.float32)
@@ -95,6 +99,8 @@ class ROIAlignV2(nn.Cell):
 
     def _adaptive(self, features: Tensor, boxes: Tensor) -> Tensor:
         num, chunk = boxes.shape[1], self.chunk
+        if not F.isconstant(num):  # a dynamic box count is pooled in one piece
+            return self._adaptive_chunk(features, boxes)
         if num <= chunk:
             return self._adaptive_chunk(features, boxes)
         pieces = [self._adaptive_chunk(features, boxes[:, start:start + chunk]) for start in range(0, num, chunk)]
@@ -105,22 +111,24 @@ class ROIAlignV2(nn.Cell):
 
     def _adaptive_chunk(self, features: Tensor, boxes: Tensor) -> Tensor:
         batch, channels, height, width = features.shape
-        num, out = boxes.shape[1], self.output_size
+        out = self.output_size
         coords = boxes * self.scale - 0.5
         weight_y = self._axis_weights(coords[..., 1], coords[..., 3] - coords[..., 1], height)  # [B, K, P, H]
         weight_x = self._axis_weights(coords[..., 0], coords[..., 2] - coords[..., 0], width)   # [B, K, P, W]
-        if width >= height:
-            # [B, K*P, W] @ [B, W, C*H] -> [B*K, P(x), C, H]; then contract H with weight_y.
-            feat = features.transpose(0, 3, 1, 2).reshape(batch, width, channels * height)
-            first = ops.bmm(weight_x.reshape(batch, num * out, width), feat)
-            first = first.reshape(batch * num, out * channels, height)
-            pooled = ops.bmm(first, weight_y.reshape(batch * num, out, height).transpose(0, 2, 1))
-            return pooled.reshape(batch * num, out, channels, out).transpose(0, 2, 3, 1)
-        feat = features.transpose(0, 2, 1, 3).reshape(batch, height, channels * width)
-        first = ops.bmm(weight_y.reshape(batch, num * out, height), feat)
-        first = first.reshape(batch * num, out * channels, width)
-        pooled = ops.bmm(first, weight_x.reshape(batch * num, out, width).transpose(0, 2, 1))
-        return pooled.reshape(batch * num, out, channels, out).transpose(0, 2, 1, 3)
+        if F.isconstant(height) and F.isconstant(width):
+            if width >= height:
+                # [B, K*P, W] @ [B, W, C*H] -> [B*K, P(x), C, H]; then contract H with weight_y.
+                feat = features.transpose(0, 3, 1, 2).reshape(batch, width, -1)
+                first = ops.bmm(weight_x.reshape(batch, -1, width), feat)
+                first = first.reshape(-1, out * channels, height)
+                pooled = ops.bmm(first, weight_y.reshape(-1, out, height).transpose(0, 2, 1))
+                return pooled.reshape(-1, out, channels, out).transpose(0, 2, 3, 1)
+        # H first (also when H and W are dynamic).
+        feat = features.transpose(0, 2, 1, 3).reshape(batch, height, -1)
+        first = ops.bmm(weight_y.reshape(batch, -1, height), feat)
+        first = first.reshape(-1, out * channels, width)
+        pooled = ops.bmm(first, weight_x.reshape(-1, out, width).transpose(0, 2, 1))
+        return pooled.reshape(-1, out, channels, out).transpose(0, 2, 1, 3)
 
     def construct(self, features: Tensor, boxes: Tensor) -> Tensor:
         boxes = ops.stop_gradient(boxes)
