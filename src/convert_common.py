@@ -102,6 +102,39 @@ def assemble_params(renamed: Iterable[Tuple[str, Optional[str], np.ndarray]], pa
     return converted
 
 
+def _one_line(value) -> str:
+    """An array as ``[a b; c d]`` (rows of the last axis, two decimals) on one line, for error messages."""
+    value = np.asarray(value, np.float64)
+    rows = value.reshape(-1, value.shape[-1]) if value.ndim else value.reshape(1, 1)
+    return "[" + "; ".join(" ".join(f"{v:.2f}" for v in row) for row in rows) + "]"
+
+
+def verify_buffers(state: Dict[str, np.ndarray], expected: Dict[str, np.ndarray],
+                   atol: float = 1e-4) -> Tuple[List[str], List[str]]:
+    """Check source buffers that hold no parameter but a value the target model computes itself.
+
+    Args:
+        state: the source state dict (key -> array).
+        expected: buffer key -> the value the target model builds; keys absent from ``state`` are skipped.
+        atol: largest absolute difference accepted.
+
+    Returns:
+        (verified keys, to drop from ``state`` before :func:`assemble_params`; problems, one line per buffer
+        whose shape or values differ, naming the key and showing the stored and the expected values).
+    """
+    verified, problems = [], []
+    for key, want in expected.items():
+        if key not in state:
+            continue
+        got = np.asarray(state[key], np.float64)
+        if got.shape == want.shape and np.allclose(got, want, rtol=0.0, atol=atol):
+            verified.append(key)
+        else:
+            problems.append(f"buffer {key} differs from the model's: source {_one_line(got)} vs "
+                            f"model {_one_line(want)}")
+    return verified, problems
+
+
 def cell_param_shapes(cell) -> Dict[str, tuple]:
     """MindSpore parameter name -> shape for every parameter of ``cell`` (shared Cells listed once)."""
     return {p.name: tuple(p.shape) for p in cell.get_parameters()}

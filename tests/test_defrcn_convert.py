@@ -5,6 +5,7 @@ converter's maps): every tensor holds distinct exact integers, so a value landin
 seen. The full-size tests use R-101; the refusal tests use one block per stage to stay fast.
 """
 
+import math
 import pickle
 import re
 import subprocess
@@ -119,6 +120,23 @@ def _save_pkl(path, blobs):
     return path
 
 
+ANCHOR_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
+
+
+def _d2_cell_anchors() -> np.ndarray:
+    """detectron2 v0.3 ``DefaultAnchorGenerator.generate_cell_anchors`` for DeFRCN's config (sizes 32..512,
+    ratios 0.5/1/2), written out from its loop: area s^2, w = sqrt(area / r), h = r * w, size-major."""
+    rows = []
+    for size in (32, 64, 128, 256, 512):
+        for ratio in (0.5, 1.0, 2.0):
+            w = math.sqrt(size * size / ratio)
+            h = ratio * w
+            rows.append((-w / 2, -h / 2, w / 2, h / 2))
+    anchors = np.asarray(rows, np.float32)
+    np.testing.assert_array_equal(anchors[1], [-16, -16, 16, 16])  # size 32, ratio 1
+    return anchors
+
+
 def _load(path) -> dict:
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
@@ -129,13 +147,14 @@ def _leftovers(folder, output):
 
 # ------------------------------------------------------------------------------------------- full R-101 sources
 def test_defrcn_pth_r101_maps_every_key(tmp_path):
+    """DeFRCN's own layout: R-101 C4 parameters plus detectron2 v0.3's persistent anchor buffer."""
     shapes = _defrcn_shapes(60, R101)
-    source = _d2_source(shapes)
+    source = {**_d2_source(shapes), ANCHOR_KEY: _d2_cell_anchors()}
     out = tmp_path / "defrcn.ckpt"
     report = convert_defrcn_checkpoint(_save_pth(tmp_path / "model_final.pth", source), out, "defrcn")
     assert report["num_classes"] == 60
-    assert report["missing_by_design"] == [] and report["dropped"] == []
-    assert report["num_written"] == len(shapes) == len(source)
+    assert report["missing_by_design"] == [] and report["dropped"] == [ANCHOR_KEY]
+    assert report["num_written"] == len(shapes) == len(source) - 1
     params = _load(out)
     assert set(params) == set(shapes)
     for name in ("backbone.stem.conv1.norm.running_var", "backbone.res4.22.conv2.weight",
@@ -256,6 +275,21 @@ def test_failed_write_leaves_no_file(tmp_path, tiny_sources, monkeypatch):
         convert_defrcn_checkpoint(_write(tmp_path, "resnet_c2", tiny_sources["resnet_c2"]), out, "resnet_c2",
                                   depth=TINY)
     assert not out.exists() and _leftovers(tmp_path, out) == []
+
+
+def test_tampered_anchor_buffer_is_refused_with_both_values(tmp_path, tiny_sources):
+    anchors = _d2_cell_anchors()
+    anchors[4] = (-40.0, -40.0, 40.0, 40.0)  # size 64 ratio 1 should be +-32
+    state = {**tiny_sources["defrcn"], ANCHOR_KEY: anchors}
+    out = tmp_path / "model.ckpt"
+    with pytest.raises(ConversionError) as info:
+        convert_defrcn_checkpoint(_write(tmp_path, "defrcn", state), out, "defrcn", depth=TINY)
+    line = next(x for x in str(info.value).splitlines() if ANCHOR_KEY in x)
+    source, model = line.split(" vs ")
+    assert "-40.00 -40.00 40.00 40.00" in source and "40.00" not in model
+    assert "-32.00 -32.00 32.00 32.00" in model and "-32.00 -32.00 32.00 32.00" not in source
+    assert "-16.00 -16.00 16.00 16.00" in source  # the untouched rows are shown too
+    assert not out.exists() and _leftovers(out.parent, out) == []
 
 
 def test_existing_output_untouched_on_refusal(tmp_path, tiny_sources):

@@ -4,8 +4,9 @@ COCO (coco_tiny): base training on the 60 base classes -> 1-shot split drawn fro
 tools/prepare_few_shot_split.py -> tools/run_few_shot.py (randinit surgery, gFSOD fine-tune on all 80 classes,
 evaluation with PCB printing overall / base / novel AP, results table). VOC (voc_mini, split 2): base training ->
 remove surgery -> 1-shot FSOD fine-tune on the novel classes -> scripts/run_eval_finetune_cpu.sh with PCB,
-printing VOC07 AP50. Few iterations each: the point is that every stage runs on real data and hands over to
-the next; the tiny base training halving its loss is tests/test_defrcn_train.py's.
+printing VOC07 AP50. One iteration each, every command in PyNative mode (graph compilation dominated these
+tiny runs): the point is that every stage runs on real data and hands over to the next; graph-mode training
+and the tiny base training halving its loss are tests/test_defrcn_train.py's.
 """
 
 import json
@@ -23,7 +24,7 @@ from src.data.few_shot import COCO_NOVEL_IDS, VOC_NOVEL_CLASSES
 REPO = Path(__file__).resolve().parents[1]
 TINY_BASE = "configs/defrcn/defrcn_tiny_base_coco.yaml"
 TINY_FSOD = "configs/defrcn/defrcn_tiny_fsod_coco.yaml"
-QUICK = ["train.max_iter=3", "train.steps=[2]", "train.log_interval=1"]
+QUICK = ["train.max_iter=1", "train.steps=[1]", "train.log_interval=1"]
 VOC_DATA = ["data.dataset=voc", "data.voc_split=2", "data.train_split=2007_trainval+2012_trainval",
             "data.val_split=2007_test"]
 
@@ -36,7 +37,7 @@ def _run(cmd, cwd=REPO, env=None):
 
 def _train(config, root, out, sets, extra=()):
     _run([sys.executable, "train.py", "--config", config, "--coco_path", str(root), "--output_dir", str(out),
-          *extra, "--set", *sets])
+          "--pynative", *extra, "--set", *sets])
     ckpts = sorted(Path(out, "checkpoints").glob("*.ckpt"))
     assert ckpts, f"no checkpoint in {out}"
     return ckpts[-1]
@@ -77,7 +78,8 @@ def test_coco_base_surgery_gfsod_finetune_pcb_eval(shared_data, tmp_path, pcb_mo
     out = tmp_path / "gfsod"
     argv = ["--dataset", "coco", "--setting", "gfsod", "--shots", "1", "--seeds", "0", "--base_ckpt", str(base_ckpt),
             "--coco_path", str(root), "--output_dir", str(out), "--config_dir", str(REPO / "configs" / "defrcn"),
-            "--config_pattern", Path(TINY_FSOD).name, "--max_eval_images", "6", "--set", "data.classes=all",
+            "--config_pattern", Path(TINY_FSOD).name, "--max_eval_images", "6", "--pynative", "--set",
+            "data.classes=all",
             f"data.few_shot_root={tmp_path / 'cocosplit'}", "eval.pcb_enable=true", f"eval.pcb_model={pcb_model}",
             *QUICK]
     assert run_few_shot(argv) == 0
@@ -117,7 +119,8 @@ def test_voc_base_surgery_fsod_finetune_pcb_eval(shared_data, tmp_path, pcb_mode
                                                                                   "--pretrained_partial"])
     env = {**os.environ, "PCB_MODEL": str(pcb_model), "PYTHON": sys.executable}
     out = _run(["bash", str(REPO / "scripts" / "run_eval_finetune_cpu.sh"), str(REPO / TINY_FSOD), str(ckpt),
-                "--coco_path", str(devkit), "--output_dir", str(tmp_path / "eval"), "--set", *split_sets],
+                "--coco_path", str(devkit), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set",
+                *split_sets],
                cwd=tmp_path, env=env)
     assert "novel   nAP" in out and "per-class AP50" in out and "with PCB" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

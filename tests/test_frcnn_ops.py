@@ -215,8 +215,7 @@ def test_roi_align_v2_on_linear_ramp_is_analytic():
     ramp = (0.5 * xs + 2.0 * ys + 3.0).astype(np.float32)
     boxes = np.array([[80.0, 96.0, 400.0, 320.0], [33.3, 41.7, 90.2, 300.9], [200.0, 150.0, 212.0, 160.0]],
                      np.float32)
-    result = ROIAlignV2(out, scale, 2)(Tensor(ramp[None, None]), Tensor(boxes),
-                                       Tensor(np.zeros(3, np.int32))).asnumpy()[:, 0]
+    result = ROIAlignV2(out, scale, 2)(Tensor(ramp[None, None]), Tensor(boxes[None])).asnumpy()[:, 0]
     for k, (bx0, by0, bx1, by1) in enumerate(boxes.astype(np.float64)):
         # Aligned mapping: box [x0, x1] covers feature coordinates [x0 * s - 0.5, x1 * s - 0.5]; a bilinear
         # sample of a linear function is exact, so each bin averages to the ramp at the bin centre.
@@ -230,14 +229,13 @@ def test_roi_align_v2_on_linear_ramp_is_analytic():
 def test_roi_align_v2_matches_detectron2_formula():
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((2, 2, 20, 24)).astype(np.float32)
-    # Inside, partly outside the image, tiny (smaller than one feature pixel), and on the second image.
-    boxes = np.array([[3.0, 5.0, 50.0, 70.0], [10.3, 2.2, 150.7, 99.1], [-20.0, -5.0, 60.0, 30.0],
-                      [100.0, 100.0, 104.0, 103.0], [300.0, 250.0, 390.0, 330.0]], np.float32)
-    batch = np.array([0, 1, 0, 1, 1], np.int32)
-    result = ROIAlignV2(7, 1.0 / 16, 2)(Tensor(feats), Tensor(boxes), Tensor(batch)).asnumpy()
-    for k in range(len(boxes)):
-        for c in range(2):
-            expected = _roi_align_v2(feats[batch[k], c].astype(np.float64), boxes[k], 7, 1.0 / 16, 2)
-            np.testing.assert_allclose(result[k, c], expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError):
-        ROIAlignV2(7, 1.0 / 16, 0)
+    # Inside, partly outside the image, tiny (smaller than one feature pixel); three boxes per image.
+    boxes = np.array([[[3.0, 5.0, 50.0, 70.0], [-20.0, -5.0, 60.0, 30.0], [40.0, 60.0, 200.0, 90.0]],
+                      [[10.3, 2.2, 150.7, 99.1], [100.0, 100.0, 104.0, 103.0], [300.0, 250.0, 390.0, 330.0]]],
+                     np.float32)
+    result = ROIAlignV2(7, 1.0 / 16, 2)(Tensor(feats), Tensor(boxes)).asnumpy()
+    for b in range(2):
+        for k in range(3):
+            for c in range(2):
+                expected = _roi_align_v2(feats[b, c].astype(np.float64), boxes[b, k], 7, 1.0 / 16, 2)
+                np.testing.assert_allclose(result[3 * b + k, c], expected, rtol=1e-4, atol=1e-5)

@@ -171,6 +171,11 @@ def test_subprocess_runner_commands_resume_and_skip_training(tmp_path):
     gfsod(single)
     assert "--pretrained_partial" not in gfsod.commands[0]
     assert gfsod.commands[0][gfsod.commands[0].index("--set") + 1:] == ["data.shot=1", "data.seed=7"]
+    assert not any("--pynative" in cmd for cmd in gfsod.commands)
+    quick = SubprocessRunner(configs, "gfsod", tmp_path / "s.ckpt", "/data/coco", tmp_path / "mr", dry_run=True,
+                             pynative=True)
+    quick(single)
+    assert len(quick.commands) == 2 and all(cmd.index("--pynative") < cmd.index("--set") for cmd in quick.commands)
 
 
 def test_cli_dry_run_resolves_the_shipped_configs(tmp_path, caplog, capsys):

@@ -75,6 +75,8 @@ def parse_args(argv=None):
                         help="delete each run's fine-tuned checkpoints once it is evaluated")
     parser.add_argument("--max_eval_images", type=int, help="evaluate only the first N test images (quick checks)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands; run nothing")
+    parser.add_argument("--pynative", action="store_true",
+                        help="fine-tune and evaluate in PyNative mode (quick checks of tiny models)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every fine-tune and evaluation")
     args = parser.parse_args(argv)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
         runner = SubprocessRunner(configs, args.setting, surgery_ckpt, args.coco_path,
                                   Path(args.mindrecord_dir or output_dir / "mindrecord"), args.device_target,
                                   list(args.set), train_seed, args.delete_checkpoints, args.max_eval_images,
-                                  dry_run=args.dry_run)
+                                  dry_run=args.dry_run, pynative=args.pynative)
         names = METRICS[(args.dataset, args.setting)]
         logging.info("%d runs: shots %s, seeds %s, %d repeat(s)", len(specs), args.shots, seeds, repeats)
         if args.dry_run:

@@ -261,6 +261,8 @@ class SubprocessRunner:
         max_eval_images: evaluate only the first N images (quick checks; None: the whole test set).
         python: interpreter for the commands.
         dry_run: log the commands instead of running them.
+        pynative: run both commands in PyNative mode (``--pynative``; quick checks of tiny models, where graph
+            compilation dominates).
     """
 
     config: Mapping[int, Path]
@@ -275,6 +277,7 @@ class SubprocessRunner:
     max_eval_images: Optional[int] = None
     python: str = sys.executable
     dry_run: bool = False
+    pynative: bool = False
     commands: List[List[str]] = field(default_factory=list)
 
     def _overrides(self, spec: RunSpec) -> List[str]:
@@ -290,6 +293,8 @@ class SubprocessRunner:
                "--pretrained", str(self.pretrained)]
         if self.setting == "fsod":
             cmd.append("--pretrained_partial")
+        if self.pynative:
+            cmd.append("--pynative")
         if resume is not None:
             cmd += ["--resume", str(resume)]
         return cmd + ["--set", *self._overrides(spec)]
@@ -301,6 +306,8 @@ class SubprocessRunner:
                self.device_target]
         if self.max_eval_images is not None:
             cmd += ["--max_images", str(self.max_eval_images)]
+        if self.pynative:
+            cmd.append("--pynative")
         return cmd + ["--set", *self._overrides(spec)]
 
     def _run(self, cmd: List[str], log_path: Path, spec: RunSpec) -> None:

@@ -8,7 +8,11 @@ Three source layouts (``kind``) are understood:
   :func:`src.models.defrcn.backbone.d2_to_mindspore_name` unchanged and only shapes are checked. A checkpoint
   produced by DeFRCN's ``tools/model_surgery.py --method remove`` has no box predictor; when all four
   ``roi_heads.box_predictor.*`` tensors are absent they are reported as missing by design (fine-tuning
-  initialises that head), any other absence is an error.
+  initialises that head), any other absence is an error. detectron2 v0.3 also saves the RPN's anchor
+  template as the buffer ``proposal_generator.anchor_generator.cell_anchors.0`` ([15, 4] xyxy); the DeFRCN Cell
+  builds it from its configuration (:func:`src.ops.anchors.cell_anchors`), so the stored value must equal
+  that one within 1e-4 px and is then dropped (reported under ``dropped``); a different value is refused with
+  both shown (the checkpoint was trained with other anchors).
 * ``"resnet_c2"``: the MSRA Caffe2 ImageNet pickle (``R-101.pkl``: a dict with ``blobs``, or the blob dict
   itself) that DeFRCN starts base training from. Blob names go through
   :func:`src.models.defrcn.backbone.c2_to_d2_name` (detectron2 ``checkpoint/c2_model_loading.py`` renaming, res5
@@ -54,15 +58,19 @@ from src.convert_common import (
     cell_param_shapes,
     load_torch_state_dict,
     save_checkpoint_atomic,
+    verify_buffers,
 )
 from src.layers.frozen_bn import FrozenBatchNorm2d
 from src.models.defrcn.backbone import RESNET_DEPTHS, c2_to_d2_name, d2_to_mindspore_name
+from src.ops.anchors import cell_anchors
 
 KINDS = ("defrcn", "resnet_c2", "resnet_torchvision")
 BOX_PREDICTOR_KEYS = tuple(f"roi_heads.box_predictor.{layer}.{leaf}" for layer in ("cls_score", "bbox_pred")
                            for leaf in ("weight", "bias"))
 # Parts of the DeFRCN model that an ImageNet backbone cannot initialise; detectron2 leaves them at their init.
 C2_UNINITIALISED_PREFIXES = ("proposal_generator.", "roi_heads.box_predictor.", "affine_rpn.", "affine_rcnn.")
+# detectron2 v0.3 DefaultAnchorGenerator's persistent buffer (one feature level in the C4 model).
+ANCHOR_BUFFER = "proposal_generator.anchor_generator.cell_anchors.0"
 
 
 def _depths(depth) -> Tuple[int, int, int, int]:
@@ -146,15 +154,21 @@ def _c2_name(blob: str):
 def map_defrcn_state(state: Dict[str, np.ndarray], shapes: Dict[str, tuple]):
     """A detectron2 / DeFRCN state dict onto the DeFRCN Cell (see the module docstring).
 
+    The anchor buffer is compared with DeFRCN's default anchors (sizes 32-512, ratios 0.5/1/2), the ones
+    :func:`defrcn_param_shapes`'s model builds.
+
     Returns:
-        (params name -> float32 array, missing_by_design list of names).
+        (params name -> float32 array, missing_by_design list of names, dropped list of verified buffer keys).
 
     Raises:
-        ConversionError: unmapped, missing or misshaped keys.
+        ConversionError: unmapped, missing or misshaped keys, or an anchor buffer other than the model's
+            (both values shown).
     """
+    dropped, problems = verify_buffers(state, {ANCHOR_BUFFER: cell_anchors().astype(np.float64)})
     exempt = list(BOX_PREDICTOR_KEYS) if not any(k in state for k in BOX_PREDICTOR_KEYS) else []
-    params = assemble_params(((k, _d2_name(k), v) for k, v in state.items()), shapes, exempt=exempt)
-    return params, exempt
+    kept = ((k, _d2_name(k), v) for k, v in state.items() if k not in dropped)
+    params = assemble_params(kept, shapes, problems=problems, exempt=exempt)
+    return params, exempt, dropped
 
 
 def map_c2_blobs(blobs: Dict[str, np.ndarray], shapes: Dict[str, tuple], bn_eps: Dict[str, float]):
@@ -228,7 +242,7 @@ def convert_defrcn_checkpoint(source, output, kind: str, num_classes: int | None
             num_classes = int(cls_score.shape[0]) - 1
         # Without a predictor in the source the class count does not affect any written tensor.
         shapes, _ = defrcn_param_shapes(num_classes or 1, depth)
-        params, report["missing_by_design"] = map_defrcn_state(state, shapes)
+        params, report["missing_by_design"], report["dropped"] = map_defrcn_state(state, shapes)
         report["num_classes"] = num_classes
     elif kind == "resnet_c2":
         state = load_c2_blobs(source)

@@ -44,7 +44,7 @@ class DeFRCN(nn.Cell):
             ``ROI_HEADS.FREEZE_FEAT`` (res5).
         anchor_sizes, anchor_ratios, rpn_nms_thresh, rpn_pre_nms_topk_{train,test}, rpn_post_nms_topk_{train,test}:
             see :class:`src.models.defrcn.rpn.RPN`.
-        pooler_resolution, sampling_ratio, cls_dropout, dropout_ratio: see
+        pooler_resolution, sampling_ratio, cls_dropout, dropout_ratio, pooler_max_grid: see
             :class:`src.models.defrcn.roi_heads.Res5ROIHeads`.
         score_thresh, nms_thresh, detections_per_image, max_candidates: see
             :class:`src.models.defrcn.roi_heads.FastRCNNInference`.
@@ -67,9 +67,10 @@ class DeFRCN(nn.Cell):
                  freeze_rpn: bool = False, freeze_roi_feat: bool = False, anchor_sizes=DEFAULT_SIZES,
                  anchor_ratios=DEFAULT_RATIOS, rpn_nms_thresh: float = 0.7, rpn_pre_nms_topk_train: int = 12000,
                  rpn_post_nms_topk_train: int = 2000, rpn_pre_nms_topk_test: int = 6000,
-                 rpn_post_nms_topk_test: int = 1000, pooler_resolution: int = 7, sampling_ratio: int = 2,
+                 rpn_post_nms_topk_test: int = 1000, pooler_resolution: int = 7, sampling_ratio: int = 0,
                  cls_dropout: bool = False, dropout_ratio: float = 0.8, score_thresh: float = 0.05,
-                 nms_thresh: float = 0.5, detections_per_image: int = 100, max_candidates: int = 4000):
+                 nms_thresh: float = 0.5, detections_per_image: int = 100, max_candidates: int = 4000,
+                 pooler_max_grid: int = 12):
         super().__init__()
         self.backbone = ResNetC4(depth, stem_out_channels, res2_out_channels, stride_in_1x1, freeze_at)
         channels = self.backbone.out_channels
@@ -82,7 +83,8 @@ class DeFRCN(nn.Cell):
                                       rpn_pre_nms_topk_test, rpn_post_nms_topk_test)
         res5 = build_res5(depth, res2_out_channels, stride_in_1x1)
         self.roi_heads = Res5ROIHeads(res5, res2_out_channels * 8, num_classes, pooler_resolution,
-                                      1.0 / self.backbone.stride, sampling_ratio, cls_dropout, dropout_ratio)
+                                      1.0 / self.backbone.stride, sampling_ratio, cls_dropout, dropout_ratio,
+                                      pooler_max_grid)
         self.inference = FastRCNNInference(num_classes, score_thresh, nms_thresh, detections_per_image,
                                            max_candidates)
         frozen = []

@@ -25,8 +25,8 @@ The calibration math (:class:`PrototypeCalibration`) is separate from the featur
 (:class:`PCBFeatureExtractor`); :func:`calibrate_image` joins them for one test image. Prototypes can be
 cached per split, seed and extractor (:func:`save_prototype_cache`, :func:`load_prototype_cache`).
 
-Known deviation: detectron2's ``sampling_ratio=0`` (adaptive grid) cannot be expressed with ``ops.ROIAlign``
-(see ``src/ops/roi_align.py``); the extractor uses a fixed grid (default 4 x 4 samples per box).
+The extractor's pooler is detectron2's adaptive one (``sampling_ratio=0``: ``ceil(box side / 32)`` samples per
+side, exact for boxes up to 64 x 32 = 2048 px, see ``src/ops/roi_align.py``); a fixed grid stays available.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Tuple
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
@@ -302,7 +301,8 @@ class PCBFeatureExtractor(nn.Cell):
     Args:
         depth: ``"resnet101"`` (DeFRCN) or ``"resnet50"``; ``depths`` overrides it (tests use tiny trunks).
         num_logits: fc output size (1000 for ImageNet).
-        sampling_ratio: ROIAlign samples per side of the single bin (fixed; see the module docstring).
+        sampling_ratio: ROIAlign samples per side of the single bin; 0 (default) is detectron2's adaptive grid.
+        max_grid: adaptive mode: the most samples per side (64).
 
     Inputs:
         image: float32 [1, 3, H, W], RGB, ImageNet-normalised, original resolution (see :func:`pcb_preprocess`).
@@ -312,16 +312,15 @@ class PCBFeatureExtractor(nn.Cell):
         float32 [R, num_logits].
     """
 
-    def __init__(self, depth: str = "resnet101", num_logits: int = 1000, sampling_ratio: int = 4,
-                 depths: Sequence[int] | None = None):
+    def __init__(self, depth: str = "resnet101", num_logits: int = 1000, sampling_ratio: int = 0,
+                 depths: Sequence[int] | None = None, max_grid: int = 64):
         super().__init__()
         self.net = _ImageNetResNet(depths or RESNET_DEPTHS[depth], num_logits)
-        self.pooler = ROIAlignV2(1, 1.0 / 32, sampling_ratio)
+        self.pooler = ROIAlignV2(1, 1.0 / 32, sampling_ratio, max_grid)
 
     def construct(self, image: Tensor, boxes: Tensor) -> Tensor:
         feature = self.net(image)
-        batch_idx = ops.zeros((boxes.shape[0],), ms.int32)
-        pooled = self.pooler(feature, boxes, batch_idx)
+        pooled = self.pooler(feature, boxes.expand_dims(0))
         return self.net.fc(pooled.reshape(pooled.shape[0], -1))
 
 

@@ -72,8 +72,9 @@ class Res5ROIHeads(nn.Cell):
         num_classes: foreground classes C.
         pooler_resolution: ROIAlign output side (7 in DeFRCN).
         spatial_scale: 1 / feature stride (1/16).
-        sampling_ratio: bilinear samples per bin side; detectron2's adaptive 0 is not available, see
-            :mod:`src.ops.roi_align`.
+        sampling_ratio: bilinear samples per bin side; 0 (DeFRCN's ``POOLER_SAMPLING_RATIO``) is detectron2's
+            adaptive ``ceil(roi side / P)``, see :mod:`src.ops.roi_align`.
+        pooler_max_grid: adaptive mode: the most samples per bin side (12: boxes up to 1344 px are exact).
         cls_dropout, dropout_ratio: see :class:`FastRCNNOutputLayers`.
 
     Inputs:
@@ -87,17 +88,15 @@ class Res5ROIHeads(nn.Cell):
     """
 
     def __init__(self, res5: nn.Cell, res5_out_channels: int, num_classes: int, pooler_resolution: int = 7,
-                 spatial_scale: float = 1.0 / 16, sampling_ratio: int = 2, cls_dropout: bool = False,
-                 dropout_ratio: float = 0.8):
+                 spatial_scale: float = 1.0 / 16, sampling_ratio: int = 0, cls_dropout: bool = False,
+                 dropout_ratio: float = 0.8, pooler_max_grid: int = 12):
         super().__init__()
-        self.pooler = ROIAlignV2(pooler_resolution, spatial_scale, sampling_ratio)
+        self.pooler = ROIAlignV2(pooler_resolution, spatial_scale, sampling_ratio, pooler_max_grid)
         self.res5 = res5
         self.box_predictor = FastRCNNOutputLayers(res5_out_channels, num_classes, cls_dropout, dropout_ratio)
 
     def construct(self, features: Tensor, proposals: Tensor):
-        batch, num = proposals.shape[0], proposals.shape[1]
-        batch_idx = ops.arange(batch).astype(ms.int32).expand_dims(1).broadcast_to((batch, num)).reshape(-1)
-        pooled = self.pooler(features, proposals.reshape(-1, 4), batch_idx)
+        pooled = self.pooler(features, proposals)
         box_features = self.res5(pooled).mean(axis=(2, 3))
         return self.box_predictor(box_features)
 

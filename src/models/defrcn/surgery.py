@@ -20,8 +20,9 @@ model keeps detectron2's parameter names; ``nn.Dense`` weights are [out, in] lik
 reference, optimizer state and training progress are dropped: the output holds only the model weights (a
 checkpoint written by ``src/engine/checkpoint.py`` lists its optimizer entries in ``optimizer_state_keys``).
 
-Random init: normal with std 0.01 for ``cls_score`` and 0.001 for ``bbox_pred``, the initialisation of
-DeFRCN's ``FastRCNNOutputLayers`` (DeFRCN's surgery script draws both with std 0.01).
+Random init: new rows are drawn normal with std 0.01 for both ``cls_score`` and ``bbox_pred``, as DeFRCN's
+surgery script does (``torch.nn.init.normal_(new_weight, 0, 0.01)`` for every weight; not the 0.001 that
+``FastRCNNOutputLayers`` uses for a freshly built ``bbox_pred``); new biases are zero.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ BOX_WEIGHT = f"{PREDICTOR}.bbox_pred.weight"
 BOX_BIAS = f"{PREDICTOR}.bbox_pred.bias"
 PREDICTOR_KEYS = (CLS_WEIGHT, CLS_BIAS, BOX_WEIGHT, BOX_BIAS)
 CLS_INIT_STD = 0.01
-BOX_INIT_STD = 0.001
+BOX_INIT_STD = 0.01
 
 
 class SurgeryError(InputError, ValueError):
