@@ -13,6 +13,7 @@ from src.ops.anchors import AnchorGenerator, grid_anchors
 from src.ops.box_coder import ROI_WEIGHTS, RPN_WEIGHTS, decode_boxes, encode_boxes
 from src.ops.nms import NMS, BatchedNMS
 from src.ops.roi_align import ROIAlignV2
+from tests.roi_align_reference import bilinear_terms
 
 SIZES = (32, 64, 128, 256, 512)
 RATIOS = (0.5, 1.0, 2.0)
@@ -176,25 +177,8 @@ def test_batched_nms_is_per_class():
 
 # ----------------------------------------------------------------------------------------------- ROIAlign
 def _bilinear(f, y, x):
-    """detectron2 ROIAlign bilinear sample: zero outside [-1, size], clamped to the border inside."""
-    height, width = f.shape
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(y), int(x)
-    if y0 >= height - 1:
-        y0 = y1 = height - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= width - 1:
-        x0 = x1 = width - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    return ((1 - ly) * (1 - lx) * f[y0, x0] + (1 - ly) * lx * f[y0, x1] + ly * (1 - lx) * f[y1, x0]
-            + ly * lx * f[y1, x1])
+    """detectron2 ROIAlign bilinear sample of the 2-D map ``f`` at (y, x)."""
+    return sum(weight * f[row, col] for row, col, weight in bilinear_terms(*f.shape, y, x))
 
 
 def _roi_align_v2(f, box, out, scale, grid):

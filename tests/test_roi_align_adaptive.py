@@ -15,27 +15,7 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from src.ops.roi_align import ROIAlignV2
-
-
-def _bilinear_terms(height, width, y, x):
-    """(row, col, weight) of one sample, ROIAlign_cpu.cpp ``pre_calc_for_bilinear_interpolate``."""
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return []
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_high = y_low = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_high = x_low = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+from tests.roi_align_reference import bilinear_terms
 
 
 def _reference_map(height, width, box, out, scale):
@@ -52,7 +32,7 @@ def _reference_map(height, width, box, out, scale):
                 y = y0 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
                 for ix in range(grid_w):
                     x = x0 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-                    for row, col, weight in _bilinear_terms(height, width, y, x):
+                    for row, col, weight in bilinear_terms(height, width, y, x):
                         linear[ph, pw, row, col] += weight / count
     return linear
 
