@@ -8,6 +8,7 @@ on its config before importing any model); the rest calls the functions directly
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,8 @@ import export as export_cli
 from src.cli import run
 from src.config import ConfigError, load_config
 from src.data.coco import EmptySplitError
-from src.data.mindrecord import convert_coco_split
+from src.data.mindrecord import convert_source
+from src.data.sources import coco_split_source
 from src.data.voc import VocFormatError, parse_voc_xml
 from src.engine.checkpoint import (
     CheckpointFormatError,
@@ -158,8 +160,9 @@ def test_an_empty_split_names_its_annotation_file(tmp_path):
     (tmp_path / "empty2017").mkdir()
     ann = tmp_path / "annotations" / "instances_empty2017.json"
     ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
-    with pytest.raises(EmptySplitError, match=rf"split 'empty2017' has no images: {ann} lists none") as info:
-        convert_coco_split(tmp_path, "empty2017", tmp_path / "mr")
+    message = rf"data source coco_empty2017_all has no image left .*read from {re.escape(str(ann))}"
+    with pytest.raises(EmptySplitError, match=message) as info:
+        convert_source(coco_split_source(tmp_path, "empty2017"), tmp_path / "mr")
     assert "shards" not in str(info.value)
     assert not (tmp_path / "mr").exists() or not any((tmp_path / "mr").iterdir())
 

@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 
 from src.data.mindrecord import (
-    convert_coco_split,
-    ensure_mindrecord,
+    convert_source,
+    ensure_source_mindrecord,
     mindrecord_files,
     read_mindrecord,
     stamp_path,
 )
+from src.data.sources import coco_split_source
+
+SET = "coco_val2017_all"  # the set name of coco_split_source(..., "val2017")
+
+
+def _ensure(coco_dir, mindrecord_dir, **kwargs):
+    return ensure_source_mindrecord(coco_split_source(coco_dir, "val2017"), mindrecord_dir, **kwargs)
 
 
 def _expected_from_json(coco_dir, split):
@@ -28,7 +35,7 @@ def _expected_from_json(coco_dir, split):
 @pytest.mark.parametrize("split,num_shards", [("train2017", 1), ("val2017", 3)])
 def test_round_trip_equals_json(shared_data, tmp_path, split, num_shards):
     coco_dir = shared_data / "coco_tiny"
-    files = convert_coco_split(coco_dir, split, tmp_path, num_shards=num_shards)
+    files = convert_source(coco_split_source(coco_dir, split), tmp_path, num_shards=num_shards)
     assert len(files) == num_shards
     expected = _expected_from_json(coco_dir, split)
     samples = list(read_mindrecord(files))
@@ -50,34 +57,35 @@ def test_round_trip_equals_json(shared_data, tmp_path, split, num_shards):
 
 def test_ensure_reuses_fresh_set_and_rebuilds_stale(shared_data, tmp_path):
     coco_dir = shared_data / "coco_tiny"
-    files = ensure_mindrecord(coco_dir, "val2017", tmp_path)
+    files = _ensure(coco_dir, tmp_path)
     mtime = files[0].stat().st_mtime_ns
-    assert ensure_mindrecord(coco_dir, "val2017", tmp_path) == files
+    assert _ensure(coco_dir, tmp_path) == files
     assert files[0].stat().st_mtime_ns == mtime, "a fresh set must be reused, not rewritten"
 
-    stamp = json.loads(stamp_path(tmp_path, "val2017").read_text())
-    stamp["annotation_sha256"] = "0" * 64
-    stamp_path(tmp_path, "val2017").write_text(json.dumps(stamp))
-    ensure_mindrecord(coco_dir, "val2017", tmp_path)
-    assert json.loads(stamp_path(tmp_path, "val2017").read_text())["annotation_sha256"] != "0" * 64
+    ann = str((coco_dir / "annotations" / "instances_val2017.json").resolve())
+    stamp = json.loads(stamp_path(tmp_path, SET).read_text())
+    stamp["source"]["files"][ann] = "0" * 64
+    stamp_path(tmp_path, SET).write_text(json.dumps(stamp))
+    _ensure(coco_dir, tmp_path)
+    assert json.loads(stamp_path(tmp_path, SET).read_text())["source"]["files"][ann] != "0" * 64
 
     files[0].with_name(files[0].name + ".db").unlink()
     with pytest.raises(FileNotFoundError, match="mindrecord.db"):
-        mindrecord_files(tmp_path, "val2017")
-    rebuilt = ensure_mindrecord(coco_dir, "val2017", tmp_path)
+        mindrecord_files(tmp_path, SET)
+    rebuilt = _ensure(coco_dir, tmp_path)
     assert len(list(read_mindrecord(rebuilt))) == 80
 
-    stamp_path(tmp_path, "val2017").unlink()
+    stamp_path(tmp_path, SET).unlink()
     with pytest.raises(FileNotFoundError, match="coco_to_mindrecord"):
-        mindrecord_files(tmp_path, "val2017")
+        mindrecord_files(tmp_path, SET)
 
 
 def test_ensure_changes_shard_count(shared_data, tmp_path):
     coco_dir = shared_data / "coco_tiny"
-    ensure_mindrecord(coco_dir, "val2017", tmp_path, num_shards=2)
-    files = ensure_mindrecord(coco_dir, "val2017", tmp_path, num_shards=1)
+    _ensure(coco_dir, tmp_path, num_shards=2)
+    files = _ensure(coco_dir, tmp_path, num_shards=1)
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
-    assert names == ["val2017.mindrecord", "val2017.mindrecord.db", "val2017.stamp.json"]
+    assert names == [f"{SET}.mindrecord", f"{SET}.mindrecord.db", f"{SET}.stamp.json"]
     assert len(list(read_mindrecord(files))) == 80
 
 
@@ -87,6 +95,6 @@ def test_cli_converts_and_reports_errors(shared_data, tmp_path, capsys):
     coco_dir = shared_data / "coco_tiny"
     assert main(["--coco_path", str(coco_dir), "--split", "val2017", "--output_dir", str(tmp_path),
                  "--num_shards", "2"]) == 0
-    assert len(list(read_mindrecord(mindrecord_files(tmp_path, "val2017")))) == 80
+    assert len(list(read_mindrecord(mindrecord_files(tmp_path, SET)))) == 80
     assert main(["--coco_path", str(coco_dir), "--split", "val2099", "--output_dir", str(tmp_path)]) == 1
     assert "instances_val2099.json" in capsys.readouterr().err

@@ -9,15 +9,19 @@ import pytest
 from PIL import Image
 
 from src.data import mindrecord as mr
+from src.data.catalog import CatalogError
 from src.data.coco import CocoFormatError, load_coco_split
-from src.data.dataset import create_coco_dataset
+from src.data.dataset import create_dataset
+from src.data.sources import coco_split_source
 from src.data.transforms import decode_image
 
 SOURCE = "val2017/000000532481.jpg"
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}]
 DATA_CFG = {"max_boxes": 4, "eval_size": 64, "eval_max_size": 128, "eval_pad_buckets": [[128, 128]],
             "train_scales": [64], "train_max_size": 128, "crop_scales": [64], "crop_min_size": 32,
-            "crop_max_size": 48, "train_pad_buckets": [[128, 128]], "num_workers": 1}
+            "crop_max_size": 48, "train_pad_buckets": [[128, 128]], "num_workers": 1,
+            # the split "mini" with every image, as coco_split_source reads it (set coco_mini_all)
+            "train_split": "mini", "val_split": "mini", "filter_empty": False}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_missing_image_names_file_and_leaves_nothing(tmp_path, photo):
                      [_box(1, [1, 1, 10, 10])])
     out = tmp_path / "mr"
     with pytest.raises(CocoFormatError, match=r"image file missing: .*gone\.jpg"):
-        mr.ensure_mindrecord(coco, "mini", out)
+        mr.ensure_source_mindrecord(coco_split_source(coco, "mini"), out)
     _assert_no_mindrecord(out)
 
 
@@ -67,7 +71,7 @@ def test_corrupt_jpeg_names_file(tmp_path, photo):
     coco = make_coco(tmp_path / "coco", {"a.jpg": (photo, {}, (64, 96)),
                                          "bad.jpg": (b"\xff\xd8\xff\xe0 this is not a jpeg", {}, (64, 96))}, [])
     with pytest.raises(CocoFormatError, match=r"cannot read image .*bad\.jpg"):
-        mr.convert_coco_split(coco, "mini", tmp_path / "mr")
+        mr.convert_source(coco_split_source(coco, "mini"), tmp_path / "mr")
     _assert_no_mindrecord(tmp_path / "mr")
     with pytest.raises(ValueError, match=r"image id 7 \(file 'bad\.jpg'\)"):
         decode_image(b"\xff\xd8\xff\xe0 this is not a jpeg", 7, "bad.jpg")
@@ -85,9 +89,9 @@ def test_truncated_jpeg_caught_by_full_decode(tmp_path, photo):
 def test_undecodable_image_in_pipeline_names_image(tmp_path, photo):
     coco = make_coco(tmp_path / "coco", {"a.jpg": (b"not an image at all", {}, (64, 96))}, [])
     records, _, _ = load_coco_split(coco, "mini", check_files=False)
-    mr.write_mindrecord(records, coco / "mini", tmp_path / "mr", "mini", extra_stamp={
-        "annotation_sha256": mr.file_sha256(coco / "annotations" / "instances_mini.json")})
-    dataset = create_coco_dataset(coco, "mini", tmp_path / "mr", False, 1, DATA_CFG)
+    source = coco_split_source(coco, "mini")
+    mr.write_mindrecord(records, coco / "mini", tmp_path / "mr", source.name, extra_stamp={"source": source.identity()})
+    dataset = create_dataset(coco, DATA_CFG, "val", tmp_path / "mr", 1)
     with pytest.raises(RuntimeError, match=r"image id 1 \(file 'a\.jpg'\)"):
         next(dataset.create_dict_iterator(output_numpy=True))
 
@@ -96,8 +100,9 @@ def test_malformed_json_names_path_and_position(tmp_path, photo):
     coco = make_coco(tmp_path / "coco", {"a.jpg": (photo, {}, (64, 96))}, [])
     ann = coco / "annotations" / "instances_mini.json"
     ann.write_text(ann.read_text()[:-5])
-    with pytest.raises(CocoFormatError, match=r"malformed JSON in .*instances_mini\.json: .*line 1 column"):
-        mr.ensure_mindrecord(coco, "mini", tmp_path / "mr")
+    # The catalog reads the categories first, so the error is a CatalogError (same message).
+    with pytest.raises(CatalogError, match=r"malformed JSON in .*instances_mini\.json: .*line 1 column"):
+        mr.ensure_source_mindrecord(coco_split_source(coco, "mini"), tmp_path / "mr")
     _assert_no_mindrecord(tmp_path / "mr")
 
 
@@ -116,7 +121,7 @@ def test_unknown_category_names_annotation_and_id(tmp_path, photo):
     coco = make_coco(tmp_path / "coco", {"a.jpg": (photo, {}, (64, 96))},
                      [_box(1, [1, 1, 10, 10]), _box(1, [2, 2, 10, 10], category_id=12)])
     with pytest.raises(CocoFormatError, match=r"annotation id 101 \(image id 1\) has unknown category id 12"):
-        mr.convert_coco_split(coco, "mini", tmp_path / "mr")
+        mr.convert_source(coco_split_source(coco, "mini"), tmp_path / "mr")
     _assert_no_mindrecord(tmp_path / "mr")
 
 
@@ -141,8 +146,8 @@ def test_degenerate_and_outside_boxes_skipped_with_counts(tmp_path, photo):
     np.testing.assert_array_equal(records[0].boxes, [[10, 10, 20, 20], [90, 60, 20, 20]])
     np.testing.assert_array_equal(records[0].category_ids, [1, 17])
 
-    mr.convert_coco_split(coco, "mini", tmp_path / "mr")
-    batch = next(create_coco_dataset(coco, "mini", tmp_path / "mr", False, 1, DATA_CFG)
+    mr.convert_source(coco_split_source(coco, "mini"), tmp_path / "mr")
+    batch = next(create_dataset(coco, DATA_CFG, "val", tmp_path / "mr", 1)
                  .create_dict_iterator(output_numpy=True))
     assert batch["tgt_valid"][0].tolist() == [True, True, False, False]
     # The partly-outside box is clamped to the 96x64 image: x 90..96, y 60..64 -> cx 93/96, cy 62/64.
@@ -161,11 +166,11 @@ def test_image_without_annotations_is_kept(tmp_path, photo):
     records, _, summary = load_coco_split(coco, "mini")
     assert [r.image_id for r in records] == [1, 2] and summary.images_without_boxes == 1
     assert records[1].boxes.shape == (0, 4)
-    files = mr.convert_coco_split(coco, "mini", tmp_path / "mr")
+    files = mr.convert_source(coco_split_source(coco, "mini"), tmp_path / "mr")
     empty = [s for s in mr.read_mindrecord(files) if s["image_id"] == 2][0]
     assert empty["boxes"].shape == (0, 4) and empty["category_id"].shape == (0,) and empty["iscrowd"].shape == (0,)
     for training in (False, True):
-        batch = next(create_coco_dataset(coco, "mini", tmp_path / "mr", training, 2, DATA_CFG, shuffle=False)
+        batch = next(create_dataset(coco, DATA_CFG, "train" if training else "val", tmp_path / "mr", 2, shuffle=False)
                      .create_dict_iterator(output_numpy=True))
         assert batch["image_id"].tolist() == [1, 2]
         assert batch["tgt_valid"].sum(axis=1).tolist() == [1, 0]
@@ -174,7 +179,7 @@ def test_image_without_annotations_is_kept(tmp_path, photo):
 def test_write_error_leaves_no_partial_files_and_keeps_previous_set(tmp_path, photo, monkeypatch):
     coco = make_coco(tmp_path / "coco", {f"{i}.jpg": (photo, {}, (64, 96)) for i in range(5)}, [])
     out = tmp_path / "mr"
-    previous = mr.convert_coco_split(coco, "mini", out, num_shards=2)
+    previous = mr.convert_source(coco_split_source(coco, "mini"), out, num_shards=2)
     before = sorted(p.name for p in out.iterdir())
     calls = []
     real = mr._to_sample
@@ -188,14 +193,14 @@ def test_write_error_leaves_no_partial_files_and_keeps_previous_set(tmp_path, ph
     monkeypatch.setattr(mr, "WRITE_CHUNK", 2)  # so that some chunks are written before the failure
     monkeypatch.setattr(mr, "_to_sample", failing)
     with pytest.raises(OSError, match="simulated"):
-        mr.convert_coco_split(coco, "mini", out, num_shards=3)
+        mr.convert_source(coco_split_source(coco, "mini"), out, num_shards=3)
     assert sorted(p.name for p in out.iterdir()) == before
     assert len(list(mr.read_mindrecord(previous))) == 5
 
     fresh = tmp_path / "mr_fresh"
     calls.clear()
     with pytest.raises(OSError, match="simulated"):
-        mr.convert_coco_split(coco, "mini", fresh, num_shards=3)
+        mr.convert_source(coco_split_source(coco, "mini"), fresh, num_shards=3)
     _assert_no_mindrecord(fresh)
 
 
@@ -221,8 +226,8 @@ def test_unusual_color_modes_decode_to_rgb(tmp_path, photo, mode):
     if mode == "L":
         assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 1] == decoded[..., 2]).all()
 
-    mr.convert_coco_split(coco, "mini", tmp_path / "mr")
-    batch = next(create_coco_dataset(coco, "mini", tmp_path / "mr", False, 1, DATA_CFG)
+    mr.convert_source(coco_split_source(coco, "mini"), tmp_path / "mr")
+    batch = next(create_dataset(coco, DATA_CFG, "val", tmp_path / "mr", 1)
                  .create_dict_iterator(output_numpy=True))
     assert batch["image"].shape == (1, 3, 128, 128)
     assert batch["img_size"].tolist() == [[64, 96]]
@@ -247,5 +252,5 @@ def test_exif_rotation_applied_and_size_checked(tmp_path, photo):
     wrong = make_coco(tmp_path / "wrong", {"r.jpg": (None, {}, (64, 96))}, [])
     _save_with_orientation(photo, wrong / "mini" / "r.jpg", 6)
     with pytest.raises(CocoFormatError, match=r"r\.jpg: size after EXIF orientation is 96x64 .* says 64x96"):
-        mr.ensure_mindrecord(wrong, "mini", tmp_path / "mr")
+        mr.ensure_source_mindrecord(coco_split_source(wrong, "mini"), tmp_path / "mr")
     _assert_no_mindrecord(tmp_path / "mr")

@@ -5,13 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from src.data.dataset import BATCH_COLUMNS, create_coco_dataset, get_categories
+from src.data.catalog import build_catalog
+from src.data.dataset import BATCH_COLUMNS, create_dataset
+from src.data.mindrecord import read_stamp
 
 MAX_BOXES = 64  # coco_tiny val has an image with 45 boxes
 DATA_CFG = {"max_boxes": MAX_BOXES, "train_scales": [64, 80, 96], "train_max_size": 160, "crop_scales": [80, 100],
             "crop_min_size": 48, "crop_max_size": 72, "eval_size": 64, "eval_max_size": 128,
             "train_pad_buckets": [[96, 160], [160, 96], [160, 160]],
-            "eval_pad_buckets": [[64, 128], [128, 64], [128, 128]], "num_workers": 2}
+            "eval_pad_buckets": [[64, 128], [128, 64], [128, 128]], "num_workers": 2,
+            # whole COCO splits with every image (sets coco_train2017_all, coco_val2017_all)
+            "train_split": "train2017", "val_split": "val2017", "filter_empty": False}
 DTYPES = {"image": np.float32, "mask": np.bool_, "tgt_boxes": np.float32, "tgt_labels": np.int32,
           "tgt_valid": np.bool_, "image_id": np.int64, "orig_size": np.int32, "img_size": np.int32}
 
@@ -63,7 +67,7 @@ def test_eval_pipeline_covers_every_image_with_original_sizes(coco, mr_dir):
     non_crowd = {i: 0 for i in sizes}
     for ann in data["annotations"]:
         non_crowd[ann["image_id"]] += 1 - ann["iscrowd"]
-    batches = _batches(create_coco_dataset(coco, "val2017", mr_dir, False, 3, DATA_CFG))
+    batches = _batches(create_dataset(coco, DATA_CFG, "val", mr_dir, 3))
     assert len(batches) == 27  # 80 images in batches of 3: the last one is filled with 1 dummy row
     seen = []
     for batch in batches:
@@ -82,7 +86,7 @@ def test_eval_pipeline_covers_every_image_with_original_sizes(coco, mr_dir):
 
 
 def test_train_pipeline_batches(coco, mr_dir):
-    batches = _batches(create_coco_dataset(coco, "train2017", mr_dir, True, 4, DATA_CFG, max_images=16))
+    batches = _batches(create_dataset(coco, DATA_CFG, "train", mr_dir, 4, max_images=16))
     assert len(batches) == 4
     for batch in batches:
         _check_batch(batch, 4)
@@ -91,14 +95,13 @@ def test_train_pipeline_batches(coco, mr_dir):
 
 
 def test_train_drops_remainder(coco, mr_dir):
-    batches = _batches(create_coco_dataset(coco, "train2017", mr_dir, True, 4, DATA_CFG, max_images=10))
+    batches = _batches(create_dataset(coco, DATA_CFG, "train", mr_dir, 4, max_images=10))
     assert len(batches) == 2
 
 
 def test_same_seed_same_batches_other_seed_differs(coco, mr_dir):
     def run(seed):
-        return _batches(create_coco_dataset(coco, "train2017", mr_dir, True, 2, DATA_CFG, seed=seed,
-                                            max_images=6))
+        return _batches(create_dataset(coco, DATA_CFG, "train", mr_dir, 2, seed=seed, max_images=6))
     first, again, other = run(3), run(3), run(4)
     for a, b in zip(first, again):
         for name in BATCH_COLUMNS:
@@ -111,8 +114,8 @@ def test_same_seed_same_batches_other_seed_differs(coco, mr_dir):
 def test_rank_sharding_is_disjoint_and_complete(coco, mr_dir, max_images):
     per_rank = []
     for rank in range(2):
-        dataset = create_coco_dataset(coco, "val2017", mr_dir, True, 2, DATA_CFG, rank_id=rank, rank_size=2,
-                                      max_images=max_images)
+        dataset = create_dataset(coco, DATA_CFG, "val", mr_dir, 2, is_training=True, rank_id=rank, rank_size=2,
+                                 max_images=max_images)
         per_rank.append([i for b in _batches(dataset) for i in b["image_id"].tolist()])
     expected = 80 if max_images is None else max_images
     assert len(per_rank[0]) == len(per_rank[1]) == expected // 2
@@ -122,9 +125,9 @@ def test_rank_sharding_is_disjoint_and_complete(coco, mr_dir, max_images):
 
 def test_categories(coco, mr_dir):
     expected = {c["id"]: c["name"] for c in _json(coco, "val2017")["categories"]}
-    assert get_categories(coco, "val2017") == expected
-    create_coco_dataset(coco, "val2017", mr_dir, False, 1, DATA_CFG)
-    assert get_categories(coco, "val2017", mr_dir) == expected
+    assert build_catalog(DATA_CFG, coco, "val").id_to_name() == expected
+    create_dataset(coco, DATA_CFG, "val", mr_dir, 1)
+    assert {int(k): v for k, v in read_stamp(mr_dir, "coco_val2017_all")["categories"].items()} == expected
     assert expected[1] == "person" and expected[90] == "toothbrush"
 
 
@@ -138,8 +141,8 @@ def test_sample_set_builds_and_runs(tmp_path):
     assert summary.skipped_degenerate == summary.skipped_outside == summary.partly_outside == 0
     assert {categories[int(c)] for r in records for c in r.category_ids} == {
         "person", "bicycle", "motorcycle", "bench", "cat", "cup", "spoon"}
-    cfg = dict(DATA_CFG, eval_pad_buckets=[[128, 128]])
-    batches = _batches(create_coco_dataset(tmp_path / "sample_coco", "sample", tmp_path / "mr", False, 2, cfg))
+    cfg = dict(DATA_CFG, eval_pad_buckets=[[128, 128]], val_split="sample")
+    batches = _batches(create_dataset(tmp_path / "sample_coco", cfg, "val", tmp_path / "mr", 2))
     assert sorted(i for b in batches for i in b["image_id"].tolist()) == [1, 2, 3, 4, 5, 6]
     for batch in batches:
         _check_batch(batch, 2)
@@ -148,7 +151,7 @@ def test_sample_set_builds_and_runs(tmp_path):
 def test_distributed_eval_sees_every_image_once(coco, mr_dir):
     seen = []
     for rank in range(3):  # 80 images do not divide by 3
-        dataset = create_coco_dataset(coco, "val2017", mr_dir, False, 4, DATA_CFG, rank_id=rank, rank_size=3)
+        dataset = create_dataset(coco, DATA_CFG, "val", mr_dir, 4, rank_id=rank, rank_size=3)
         batches = _batches(dataset)
         assert len(batches) == 7  # ceil(27 / 4) on every rank, so all ranks run the same number of steps
         for batch in batches:

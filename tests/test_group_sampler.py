@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from src.data.dataset import create_coco_dataset
+from src.data.dataset import create_dataset
 from src.data.group_sampler import LANDSCAPE, PORTRAIT, group_bucket, orientation_groups, plan_group_batches
 
 # The detr_r50 bucket layout (landscape, portrait, square) scaled down so the test decodes small images; random
@@ -13,7 +13,8 @@ from src.data.group_sampler import LANDSCAPE, PORTRAIT, group_bucket, orientatio
 DATA_CFG = {"max_boxes": 64, "train_scales": [64, 80, 96], "train_max_size": 160, "crop_scales": [80, 100],
             "crop_min_size": 48, "crop_max_size": 72, "eval_size": 64, "eval_max_size": 128,
             "train_pad_buckets": [[96, 160], [160, 96], [160, 160]],
-            "eval_pad_buckets": [[64, 128], [128, 64], [128, 128]], "num_workers": 2}
+            "eval_pad_buckets": [[64, 128], [128, 64], [128, 128]], "num_workers": 2,
+            "train_split": "train2017", "filter_empty": False}  # every image of the split, as the test counts
 
 
 def test_plan_deals_one_group_per_step_on_every_rank():
@@ -47,8 +48,7 @@ def test_two_ranks_pad_every_step_to_the_same_shape_on_coco_tiny(shared_data, tm
     assert 0 < groups.sum() < len(groups), "coco_tiny must mix orientations for this test to mean anything"
     shapes = []
     for rank in range(2):
-        dataset = create_coco_dataset(coco, "train2017", tmp_path / "mr", True, 2, DATA_CFG, rank_id=rank,
-                                      rank_size=2, seed=7)
+        dataset = create_dataset(coco, DATA_CFG, "train", tmp_path / "mr", 2, rank_id=rank, rank_size=2, seed=7)
         shapes.append([batch[0].shape for batch in
                        dataset.create_tuple_iterator(columns=["image"], output_numpy=True, num_epochs=1)])
     # Each orientation group is filled up to whole global batches of 2 ranks x 2 images.

@@ -6,14 +6,16 @@ Usage (after ``pip install -e .``, which makes ``src`` importable)::
     python tools/coco_to_mindrecord.py --coco_path ROOT --config configs/defrcn/X.yaml --which train \
         --output_dir MR_DIR [--set data.shot=5 ...]
 
-The first form converts ``annotations/instances_{split}.json`` with the images in ``{split}/`` (DETR's sets).
-The second converts what a config trains (``--which train``) or evaluates (``--which val``) on, under the names
-training and evaluation use: COCO-format splits (restricted to a DeFRCN config's classes), TFA few-shot splits,
-or VOC-format image sets
-(``ROOT`` is then the VOCdevkit folder); see ``src/data/sources.py``. Either way the annotations are validated
-first (``src/data/coco.py`` says what is an error and what is skipped with a count); the shards and the stamp
-that marks them complete are written only if everything succeeds, replacing an older set. Training and
-evaluation also convert automatically on first use; this tool does it ahead of time.
+The first form converts ``annotations/instances_{split}.json`` with the images in ``{split}/``, every class of
+the file and every image, to the set ``coco_{split}_all`` (``src.data.sources.coco_split_source``): the set that
+``eval.py`` and ``preprocess.py`` read for that split with a COCO config, and that DETR and Focus-DETR configs
+(``data.filter_empty: false``) train on. The second converts what a config trains (``--which train``) or
+evaluates (``--which val``) on, under the names training and evaluation use: COCO-format splits (restricted to a
+DeFRCN config's classes), TFA few-shot splits, or VOC-format image sets (``ROOT`` is then the VOCdevkit folder);
+see ``src/data/sources.py``. Either way the annotations are validated first (``src/data/coco.py`` says what is
+an error and what is skipped with a count); the shards and the stamp that marks them complete are written only
+if everything succeeds, replacing an older set. Training and evaluation also convert automatically on first
+use; this tool does it ahead of time.
 """
 
 import argparse
@@ -24,8 +26,8 @@ from src.cli import run
 from src.config import ConfigError, load_config
 from src.data.coco import CocoFormatError
 from src.data.few_shot import FewShotSplitError
-from src.data.mindrecord import convert_coco_split, convert_source
-from src.data.sources import build_source
+from src.data.mindrecord import convert_source
+from src.data.sources import build_source, coco_split_source
 from src.data.voc import VocFormatError
 
 
@@ -47,12 +49,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.split is not None:
-            paths = convert_coco_split(args.coco_path, args.split, args.output_dir, args.num_shards,
-                                       verify_decode=args.verify_images)
+            source = coco_split_source(args.coco_path, args.split)
         else:
-            data_cfg = load_config(args.config, args.overrides)["data"]
-            paths = convert_source(build_source(args.coco_path, data_cfg, args.which), args.output_dir,
-                                   args.num_shards, verify_decode=args.verify_images)
+            source = build_source(args.coco_path, load_config(args.config, args.overrides)["data"], args.which)
+        paths = convert_source(source, args.output_dir, args.num_shards, verify_decode=args.verify_images)
     except (CocoFormatError, VocFormatError, FewShotSplitError, ConfigError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Detection pipeline on ``mindspore.dataset``: MindRecord -> decode + augment -> padded static batches.
 
 Entry point: :func:`create_dataset` (any data config of any model family, through the sources of
-``src.data.sources``). :func:`create_coco_dataset` reads a COCO split by name (``preprocess.py`` and tools).
+``src.data.sources``): the one builder of training, evaluation and ``preprocess.py``.
 
 Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``, (H, W) = pad bucket:
 
@@ -25,7 +25,8 @@ sample too (``image_id`` -1, a 1x1 zero image whose padding is masked), so every
 
 Crowd boxes are dropped from the targets in training and evaluation alike, as detr's
 ``ConvertCocoPolysToMask`` does; COCO evaluation reads crowd regions from the annotation file.
-Images without boxes are kept in both (detr trains on them with empty targets).
+Images without boxes are kept in evaluation, and in training unless ``data.filter_empty`` is on (detr trains on
+them with empty targets; its configs turn the filter off).
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ from typing import Dict, Optional, Sequence
 import mindspore.dataset as ds
 import numpy as np
 
-from src.data.coco import annotation_file as coco_annotation_file
-from src.data.coco import load_categories
 from src.data.group_sampler import group_bucket, orientation_groups, plan_group_batches
-from src.data.mindrecord import ensure_mindrecord, ensure_source_mindrecord, read_stamp
+from src.data.mindrecord import ensure_source_mindrecord, read_stamp
 from src.data.mosaic import MosaicSampleTransform, add_mosaic_partners
 from src.data.sources import build_source
 from src.data.transforms import build_eval_transform, build_train_transform, decode_image, prepare_target
@@ -192,45 +191,6 @@ class BatchPadder:
         return image, mask, tgt_boxes, tgt_labels, tgt_valid, out_ids, out_orig, out_img
 
 
-def create_coco_dataset(coco_path, split: str, mindrecord_dir, is_training: bool, batch_size: int,
-                        data_cfg: dict, rank_id: int = 0, rank_size: int = 1, seed: int = 42,
-                        shuffle: Optional[bool] = None, max_images: Optional[int] = None):
-    """Build the batched COCO pipeline (columns ``BATCH_COLUMNS``, see the module docstring).
-
-    Converts ``coco_path``/``split`` to MindRecord in ``mindrecord_dir`` on first use (``ensure_mindrecord``).
-
-    Args:
-        coco_path: COCO root with ``annotations/instances_{split}.json`` and ``{split}/`` images.
-        split: e.g. ``train2017``.
-        mindrecord_dir: folder for the MindRecord set.
-        is_training: train transforms, shuffling by default, ``drop_remainder``; else eval transforms and a
-            last batch filled with dummy rows.
-        batch_size: images per batch (per rank).
-        data_cfg: the ``data`` config section (max_boxes, scales, pad buckets, num_workers ...).
-        rank_id, rank_size: this rank and the number of ranks; each rank reads a disjoint 1/rank_size of the
-            images. When the count does not divide, training repeats a few images while evaluation adds dummy
-            samples (``image_id`` -1), so every image is evaluated exactly once. Distributed training (without
-            Mosaic) deals batches by orientation group (``src.data.group_sampler``) so that step k is padded to
-            the same bucket on every rank.
-        seed: seeds the shuffle (``mindspore.dataset.config.set_seed``, a process-wide setting) and the
-            augmentations (see ``SampleTransform``).
-        shuffle: defaults to ``is_training``.
-        max_images: keep only the first ``max_images`` rows of the MindRecord set (split among ranks),
-            for quick runs.
-
-    Returns:
-        A ``mindspore.dataset.Dataset``.
-
-    Raises:
-        src.data.coco.CocoFormatError: invalid COCO data at conversion time.
-        ValueError: bad batch_size or rank arguments.
-    """
-    _check_batch_args(batch_size, rank_id, rank_size)
-    files = ensure_mindrecord(coco_path, split, mindrecord_dir)
-    return _pipeline(files, read_stamp(mindrecord_dir, split)["num_images"], is_training, batch_size, data_cfg,
-                     rank_id, rank_size, seed, shuffle, max_images)
-
-
 def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size: int,
                    is_training: Optional[bool] = None, rank_id: int = 0, rank_size: int = 1, seed: int = 42,
                    shuffle: Optional[bool] = None, max_images: Optional[int] = None):
@@ -246,16 +206,27 @@ def create_dataset(root, data_cfg: dict, which: str, mindrecord_dir, batch_size:
         data_cfg: the ``data`` config section.
         which: "train" or "val".
         mindrecord_dir: folder for the MindRecord sets.
-        batch_size, rank_id, rank_size, seed, shuffle, max_images: as :func:`create_coco_dataset`.
-        is_training: defaults to ``which == "train"``.
+        batch_size: images per batch (per rank).
+        is_training: train transforms, shuffling by default, ``drop_remainder``; else eval transforms and a
+            last batch filled with dummy rows. Defaults to ``which == "train"``.
+        rank_id, rank_size: this rank and the number of ranks; each rank reads a disjoint 1/rank_size of the
+            images. When the count does not divide, training repeats a few images while evaluation adds dummy
+            samples (``image_id`` -1), so every image is evaluated exactly once. Distributed training (without
+            Mosaic) deals batches by orientation group (``src.data.group_sampler``) so that step k is padded to
+            the same bucket on every rank.
+        seed: seeds the shuffle (``mindspore.dataset.config.set_seed``, a process-wide setting) and the
+            augmentations (see ``SampleTransform``).
+        shuffle: defaults to ``is_training``.
+        max_images: keep only the first ``max_images`` rows of the MindRecord set (split among ranks),
+            for quick runs.
 
     Returns:
         A ``mindspore.dataset.Dataset`` with columns ``BATCH_COLUMNS``.
 
     Raises:
         ValueError: bad ``which``, data keys, batch or rank arguments, or a source with no image.
-        src.data.coco.CocoFormatError, src.data.voc.VocFormatError, src.data.few_shot.FewShotSplitError:
-            invalid data at conversion time (the message names the file).
+        src.data.coco.CocoFormatError, src.data.voc.VocFormatError, src.data.few_shot.FewShotSplitError,
+        src.data.catalog.CatalogError: invalid data or class list at conversion time (the message names the file).
     """
     if which not in ("train", "val"):
         raise ValueError(f"which must be 'train' or 'val', got {which!r}")
@@ -276,7 +247,7 @@ def _check_batch_args(batch_size: int, rank_id: int, rank_size: int) -> None:
 
 def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_cfg: dict, rank_id: int,
               rank_size: int, seed: int, shuffle: Optional[bool], max_images: Optional[int]):
-    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_coco_dataset`); in training
+    """MindDataset over ``files`` -> SampleTransform -> BatchPadder (see :func:`create_dataset`); in training
     with ``data_cfg["mosaic_prob"] > 0``, zipped with three partner readers and mapped by
     ``src.data.mosaic.MosaicSampleTransform`` instead."""
     shuffle = is_training if shuffle is None else shuffle
@@ -339,13 +310,3 @@ def _make_sampler(shuffle: bool, rank_id: int, rank_size: int, max_images: Optio
     # takes every rank_size-th of them.
     indices = list(range(int(max_images)))[rank_id::rank_size]
     return ds.SubsetRandomSampler(indices) if shuffle else ds.SubsetSampler(indices)
-
-
-def get_categories(coco_path, split: str, mindrecord_dir=None) -> Dict[int, str]:
-    """Category id -> name for ``split``: from the MindRecord stamp when present, else from the JSON."""
-    if mindrecord_dir is not None:
-        stamp = read_stamp(mindrecord_dir, split)
-        if stamp is not None and "categories" in stamp:
-            return {int(k): v for k, v in stamp["categories"].items()}
-    return load_categories(coco_annotation_file(coco_path, split))
-

@@ -1,6 +1,6 @@
-"""Convert COCO records (or any data source of ``src.data.sources``) to MindRecord shards and read them back.
+"""Convert the records of a data source (``src.data.sources``) to MindRecord shards and read them back.
 
-Files for a split in ``mindrecord_dir``::
+Files for a set (named ``split`` below: a source's name) in ``mindrecord_dir``::
 
     {split}.mindrecord            (num_shards == 1; FileWriter's own naming)
     {split}.mindrecord0 .. N-1    (num_shards > 1)
@@ -18,13 +18,12 @@ Boxes that ``src.data.coco`` skips (degenerate, entirely outside) are not writte
 Shards are written into a private temporary folder and moved into place only when every shard has been
 committed; any error removes the temporary folder, so no partial set is ever visible. The stamp is written
 after the move: a set without a valid stamp (interrupted move, older source annotations, other shard count)
-is rebuilt by ``ensure_mindrecord``.
+is rebuilt by ``ensure_source_mindrecord``.
 
-Training and evaluation of every model family read sources (``src.data.sources``: COCO-format splits, few-shot
-splits, VOC-format image sets) through ``convert_source`` / ``ensure_source_mindrecord``, under the source's own
-name (e.g. ``coco_val2017_all``, ``coco_trainvalno5k_base_nonempty``). ``convert_coco_split`` /
-``ensure_mindrecord`` write a COCO split under its split name (``tools/coco_to_mindrecord.py --split``,
-``preprocess.py``), with the same schema and atomicity. VOC ``category_id`` values are the catalog's ids
+Every set is the set of a data source (``src.data.sources``: COCO-format splits, few-shot splits, VOC-format
+image sets), written by ``convert_source`` / ``ensure_source_mindrecord`` under the source's own name (e.g.
+``coco_val2017_all``, ``coco_trainvalno5k_base_nonempty``); training, evaluation, ``preprocess.py`` and
+``tools/coco_to_mindrecord.py`` all take this road. VOC ``category_id`` values are the catalog's ids
 (1 + index in the class list) and ``file_name`` is relative to the VOCdevkit folder.
 """
 
@@ -42,7 +41,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 from mindspore.mindrecord import FileReader, FileWriter
 
-from src.data.coco import EmptySplitError, ImageRecord, annotation_file, image_dir, load_coco_split
+from src.data.coco import ImageRecord
 from src.fileio import atomic_write_text, publish, remove_stale_temporaries, temporary_name
 from src.progress import track
 
@@ -89,12 +88,12 @@ def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, spli
     """Write records to MindRecord shards for ``split`` in ``output_dir``, atomically.
 
     Args:
-        records: validated records (``src.data.coco.load_coco_split``).
+        records: validated records (``src.data.sources.Source.load``).
         images_folder: folder the records' ``file_name`` are relative to.
         output_dir: destination folder (created if needed). Existing shards of ``split`` are replaced.
-        split: split name used in the file names.
+        split: set name used in the file names (the source's name).
         num_shards: number of MindRecord shard files (1..1000).
-        extra_stamp: additional JSON-serialisable entries for the stamp (source identity, categories).
+        extra_stamp: additional JSON-serialisable entries for the stamp (``source`` identity, categories).
 
     Returns:
         Paths of the shard files, in shard order.
@@ -193,7 +192,7 @@ def mindrecord_files(mindrecord_dir, split: str) -> List[Path]:
     """
     stamp = read_stamp(mindrecord_dir, split)
     if stamp is None:
-        raise FileNotFoundError(f"no complete MindRecord set for split '{split}' in {mindrecord_dir} "
+        raise FileNotFoundError(f"no complete MindRecord set '{split}' in {mindrecord_dir} "
                                 f"(missing {stamp_path(mindrecord_dir, split).name}); "
                                 f"run tools/coco_to_mindrecord.py")
     paths = [Path(mindrecord_dir) / name for name in stamp["files"]]
@@ -202,11 +201,6 @@ def mindrecord_files(mindrecord_dir, split: str) -> List[Path]:
             if not p.is_file():
                 raise FileNotFoundError(f"MindRecord file {p} is missing; run tools/coco_to_mindrecord.py")
     return paths
-
-
-def _source_identity(coco_path, split: str) -> dict:
-    ann = annotation_file(coco_path, split)
-    return {"annotation_file": str(ann.resolve()), "annotation_sha256": file_sha256(ann)}
 
 
 @contextlib.contextmanager
@@ -224,50 +218,6 @@ def _split_lock(mindrecord_dir: Path, split: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def convert_coco_split(coco_path, split: str, output_dir, num_shards: int = 1,
-                       verify_decode: bool = False) -> List[Path]:
-    """Validate ``split`` of a COCO directory and write it as MindRecord (see ``write_mindrecord``).
-
-    Raises:
-        src.data.coco.CocoFormatError: invalid annotations or images (see ``src.data.coco``).
-        src.data.coco.EmptySplitError: the annotation file lists no image (the message names it).
-    """
-    records, categories, summary = load_coco_split(coco_path, split, verify_decode=verify_decode)
-    if not records:
-        raise EmptySplitError(f"split '{split}' has no images: {annotation_file(coco_path, split)} lists none; "
-                              f"pick another split or fix that annotation file")
-    extra = _source_identity(coco_path, split)
-    extra["categories"] = {str(k): v for k, v in categories.items()}
-    extra["summary"] = str(summary)
-    paths = write_mindrecord(records, image_dir(coco_path, split), output_dir, split, num_shards, extra)
-    logger.info("wrote %d images of %s to %s", len(records), split, ", ".join(map(str, paths)))
-    return paths
-
-
-def ensure_mindrecord(coco_path, split: str, mindrecord_dir, num_shards: Optional[int] = None) -> List[Path]:
-    """Return the shards for ``split``, converting from COCO first when there is no up-to-date set.
-
-    A set is reused when its stamp has this format version, its annotation file hash equals that of
-    ``coco_path``'s annotation file, every shard is present and (if given) the shard count matches.
-    Otherwise it is rebuilt. ``num_shards`` defaults to the existing count, else 1.
-
-    Raises:
-        src.data.coco.CocoFormatError: when conversion is needed and the COCO data is invalid.
-    """
-    mindrecord_dir = Path(mindrecord_dir)
-    with _split_lock(mindrecord_dir, split):
-        stamp = read_stamp(mindrecord_dir, split)
-        if stamp is not None:
-            fresh = (stamp.get("annotation_sha256") == file_sha256(annotation_file(coco_path, split))
-                     and num_shards in (None, stamp.get("num_shards")))
-            if fresh:
-                with contextlib.suppress(FileNotFoundError):
-                    return mindrecord_files(mindrecord_dir, split)
-            logger.warning("MindRecord set for %s in %s is stale or incomplete; rebuilding", split,
-                           mindrecord_dir)
-        return convert_coco_split(coco_path, split, mindrecord_dir, num_shards or 1)
 
 
 def convert_source(source, output_dir, num_shards: int = 1, verify_decode: bool = False) -> List[Path]:

@@ -491,6 +491,23 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     return VocSource(name, Path(root), split, catalog, filter_empty, voc_class_names(data_cfg))
 
 
+def coco_split_source(root, split: str) -> CocoSource:
+    """The COCO-format split ``split`` under ``root`` with every class of its file and every image (no filtering).
+
+    It is the source ``build_source`` gives for evaluating ``split`` with a COCO ``classes: all`` config, so it
+    shares that MindRecord set, named ``coco_{split}_all`` (``tools/coco_to_mindrecord.py --split``).
+
+    Args:
+        root: COCO-format root (``annotations/instances_{split}.json`` and ``{split}/``, or a TFA 2014 name).
+        split: e.g. ``val2017``.
+
+    Raises:
+        src.data.catalog.CatalogError: a missing or malformed annotation file, or an empty or duplicate
+            category list (the message names the file).
+    """
+    return build_source(root, {"dataset": "coco", "classes": "all", "val_split": split}, "val")
+
+
 def load_source(root, data_cfg: dict, which: str, check_files: bool = True,
                 verify_decode: bool = False) -> SourceData:
     """``build_source(root, data_cfg, which).load(check_files, verify_decode)``: the records of a split.

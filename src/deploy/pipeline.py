@@ -1,6 +1,6 @@
 """The offline inference pipeline over the binary-file protocol (see :mod:`src.deploy.bin_io`).
 
-preprocess (COCO split -> input binaries) -> a runner (MINDIR -> output binaries) -> postprocess (output
+preprocess (a split -> input binaries) -> a runner (MINDIR -> output binaries) -> postprocess (output
 binaries -> COCO results, pycocotools stats). The C++ Ascend 310 harness is a second runner of the same
 protocol.
 """
@@ -40,15 +40,18 @@ PREPROCESS_COLUMNS = ["image", "mask", "image_id", "orig_size", "img_size"]
 def preprocess_split(cfg: dict, coco_path: str | os.PathLike, split: str, output_dir: str | os.PathLike,
                      mindrecord_dir: str | os.PathLike, image_size: Sequence[int] | None = None,
                      max_images: int | None = None) -> list[str]:
-    """Write the padded batch-1 inputs of every image of a COCO split, a sidecar per image and the manifests.
+    """Write the padded batch-1 inputs of every image of a split, a sidecar per image and the manifests.
 
-    Runs the training code's own eval pipeline (:func:`src.data.dataset.create_coco_dataset`, eval
-    transforms, batch 1) with the pad buckets replaced by the single export shape, so the binaries are the
-    tensors ``eval.py`` feeds the network when its config has that one bucket.
+    Runs the evaluation road of ``eval.py`` (:func:`src.data.dataset.create_dataset` on ``cfg``'s data with
+    ``data.val_split`` = ``split``, eval transforms, batch 1) with the pad buckets replaced by the single export
+    shape, so the binaries are the tensors ``eval.py`` feeds the network when its config has that one bucket; the
+    MindRecord set in ``mindrecord_dir`` is the one ``eval.py`` uses (e.g. ``coco_val2017_all``).
 
     Args:
         cfg: the config. image_size: (H, W) of the exported graph; None = the largest eval pad bucket (the rule
             of :func:`src.deploy.export.resolve_image_size`).
+        coco_path: dataset root. split: the split to write (a COCO split name for COCO configs).
+        mindrecord_dir: MindRecord cache, built on first use.
         max_images: only the first N images of the split (as ``eval.py --max_images``).
 
     Returns:
@@ -56,14 +59,14 @@ def preprocess_split(cfg: dict, coco_path: str | os.PathLike, split: str, output
 
     Raises:
         DeployError: a bad image size. ValueError: an image that does not fit the shape (named by id).
+        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message).
     """
-    from src.data.dataset import create_coco_dataset
+    from src.data.dataset import create_dataset
     from src.deploy.export import resolve_image_size
 
     height, width = resolve_image_size(cfg, image_size)
-    data_cfg = {**cfg["data"], "eval_pad_buckets": [[height, width]]}
-    dataset = create_coco_dataset(coco_path, split, mindrecord_dir, is_training=False, batch_size=1,
-                                  data_cfg=data_cfg, max_images=max_images)
+    data_cfg = {**cfg["data"], "val_split": split, "eval_pad_buckets": [[height, width]]}
+    dataset = create_dataset(coco_path, data_cfg, "val", mindrecord_dir, batch_size=1, max_images=max_images)
     specs = input_specs(height, width)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
