@@ -55,8 +55,8 @@ def real_input(shared_data, exported):
 
 
 def test_preprocessed_binaries_are_the_tensors_eval_feeds_defrcn(shared_data, exported, real_input):
-    """preprocess_split reads COCO through the DETR-family split path; DeFRCN's eval reads it through its source
-    (class subset, caffe BGR normalization): with the same single pad bucket both must give identical inputs."""
+    """preprocess_split and DeFRCN's eval both read the config's source (class subset, caffe BGR normalization),
+    each into its own MindRecord folder: with the same single pad bucket both must give identical inputs."""
     data_cfg = {**exported["cfg"]["data"], "eval_pad_buckets": [list(real_input[1].shape[1:])]}
     dataset = create_dataset(shared_data / "coco_tiny", data_cfg, "val", exported["dir"] / "mr_eval", batch_size=1,
                              max_images=1)
