@@ -79,7 +79,7 @@ def test_eval_defaults_to_a_folder_per_checkpoint_with_provenance(trained, share
     assert metrics["config"] == load_config(ROOT / TINY)
     assert (folder / "bbox_results.json").is_file()
     # The MindRecord cache is shared by every checkpoint of the folder, not rebuilt per checkpoint.
-    assert (ckpt.parent / "eval_val2017" / "mindrecord" / "val2017.stamp.json").is_file()
+    assert (ckpt.parent / "eval_val2017" / "mindrecord" / "coco_val2017_all.stamp.json").is_file()
     assert not (folder / "mindrecord").exists()
     assert re.search(r"evaluating val2017: 2/2 img \(100%\), [\d.]+ img/s, ETA", out), out[-2000:]
 
