@@ -17,11 +17,10 @@ from pathlib import Path
 from src.cli import run
 from src.config import load_config, save_config
 from src.data.catalog import build_catalog
-from src.data.mindrecord import file_sha256
 from src.engine.checkpoint import checkpoint_catalog, load_pretrained
 from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.logger import setup_logger
-from src.fileio import atomic_write_text
+from src.fileio import atomic_write_text, file_sha256
 from src.models import build_model
 from src.runtime import DEVICE_TARGETS, init_context
 

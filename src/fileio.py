@@ -17,6 +17,7 @@ process no longer exists (:func:`remove_stale_temporaries`). Temporaries of live
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -123,3 +124,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -30,7 +30,6 @@ image sets), written by ``convert_source`` / ``ensure_source_mindrecord`` under 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -72,15 +71,6 @@ def shard_names(split: str, num_shards: int) -> List[str]:
 def stamp_path(mindrecord_dir, split: str) -> Path:
     """Path of the stamp that marks a complete set for ``split``."""
     return Path(mindrecord_dir) / f"{split}.stamp.json"
-
-
-def file_sha256(path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_mindrecord(records: List[ImageRecord], images_folder, output_dir, split: str, num_shards: int = 1,

@@ -41,7 +41,6 @@ from src.data.few_shot import (
     read_voc_split_list,
     voc_split_file,
 )
-from src.data.mindrecord import file_sha256
 from src.data.voc import (
     VOC_CLASSES,
     VocFormatError,
@@ -52,6 +51,7 @@ from src.data.voc import (
     voc_annotation_path,
     voc_image_id,
 )
+from src.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
 from src.engine.metrics_log import read_metrics  # noqa: E402
+from src.fileio import atomic_output  # noqa: E402
 
 DEFAULT_KEYS = ("loss",)
 
@@ -25,7 +26,7 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, keys: Sequence
 
     Args:
         run_dirs: training output folders (each with a ``metrics.jsonl``).
-        output: PNG path; written to a temporary name in its folder and renamed, so a failure leaves nothing.
+        output: PNG path; written atomically (``src.fileio.atomic_output``), so a failure leaves nothing.
         keys: metric names, e.g. ``loss``, ``loss_ce``, ``lr``; one subplot each.
 
     Returns:
@@ -52,10 +53,8 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, keys: Sequence
             ax.legend()
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".tmp-{output.name}")
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(output)
+        with atomic_output(output) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return output
