@@ -30,6 +30,7 @@ import numpy as np
 from mindspore import Parameter, nn
 
 from src.checkpoint_kind import SHOWN_KEYS, mismatch_message, some_keys
+from src.data.catalog import Catalog
 from src.errors import InputError
 from src.fileio import atomic_output
 
@@ -325,8 +326,6 @@ def checkpoint_catalog(path: str | os.PathLike):
     Raises:
         FileNotFoundError: missing file. src.data.catalog.CatalogError: a malformed stored class list.
     """
-    from src.data.catalog import Catalog
-
     text = _load_dict(path).get(META_CATEGORIES)
     return Catalog.from_json(text, f"{path} ({META_CATEGORIES})") if isinstance(text, str) else None
 

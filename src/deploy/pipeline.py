@@ -32,7 +32,8 @@ from src.deploy.bin_io import (
     write_manifest,
     write_tensor,
 )
-from src.evaluation.coco_evaluator import CocoEvaluator, atomic_write_text
+from src.evaluation.coco_evaluator import CocoEvaluator
+from src.fileio import atomic_write_text
 
 PREPROCESS_COLUMNS = ["image", "mask", "image_id", "orig_size", "img_size"]
 
