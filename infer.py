@@ -16,14 +16,14 @@ from pathlib import Path
 
 import cv2
 
+from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.cli import run
 from src.config import load_config
 from src.data.catalog import build_catalog
-from src.engine.checkpoint import checkpoint_catalog, load_pretrained
-from src.engine.evaluate import InferenceNet
 from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
 from src.errors import InputError
+from src.evaluation.evaluate import InferenceNet
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
 from src.models import build_model

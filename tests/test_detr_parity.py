@@ -18,7 +18,7 @@ from src.config import load_config
 from src.data.catalog import resolve_num_classes
 from src.layers.position_encoding import PositionEmbeddingSine
 from src.models.detr.convert import ConversionError, convert_detr_checkpoint, infer_backbone
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
 from src.runtime import prefer_avx2_cpu_kernels

@@ -11,7 +11,7 @@ ids), and :func:`score_detections` scores them with the metrics of the dataset f
   VOC2007, as DeFRCN ``PascalVOCDetectionEvaluator``), AP over IoU 0.50:0.95 and AP75, per-class AP50, and for the
   DeFRCN VOC splits ``bAP50`` / ``nAP50`` (``src.evaluation.voc_evaluator``); ground truth from the XML files.
 
-With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.engine.pcb_eval``) before
+With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.models.defrcn.pcb_eval``) before
 they reach the evaluator. Difference: DeFRCN's overall COCO AP averages over every category of the annotation
 file; here it averages over the detector's classes (equal for the 80-class gFSOD detector; for base training or
 FSOD it equals bAP or nAP instead of being diluted by classes the detector cannot predict).
@@ -32,9 +32,9 @@ from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
 from src.data.sources import coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
-from src.engine.pcb_eval import build_pcb
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.voc_evaluator import VocEvaluator
+from src.models.defrcn.pcb_eval import build_pcb
 from src.progress import track
 
 EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
@@ -127,7 +127,7 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
             appear are scored.
         output_dir: gets ``metrics.json`` (``{"bbox": stats, "num_images", "num_detections", "dataset",
             "classes", "split", "pcb", ...}``) and, for COCO, ``bbox_results.json``.
-        pcb: a :class:`src.engine.pcb_eval.PCBCalibrator` re-scoring each image first, or None.
+        pcb: a :class:`src.models.defrcn.pcb_eval.PCBCalibrator` re-scoring each image first, or None.
         logger: where the summary lines go (default: this module's logger).
 
     Returns:
