@@ -35,10 +35,10 @@ def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) 
     from benchmarks.bench_detr import _targets
     from src.config import load_config
     from src.data.catalog import resolve_num_classes
-    from src.engine.lr_schedule import build_optimizer
+    from src.engine.optim.adamw import build_optimizer
     from src.engine.train_step import TrainStep
     from src.models.detr.criterion import build_criterion
-    from src.models.detr.detr import build_detr
+    from src.models.detr.model import build_detr
     from src.runtime import init_context
 
     init_context("CPU", pynative=pynative)
