@@ -91,12 +91,14 @@ class MultiheadAttention(nn.Cell):
         scores = ops.matmul(q, k.transpose(0, 1, 3, 2))  # [B, h, Lq, Lk]
         # Masks are added as a bias, as transformers' DETR does: MindSpore 2.10's CPU masked_fill with a
         # broadcast mask costs about 7x an add over the [B, h, Lq, Lk] scores and keeps scores-sized buffers.
+        # The bias is expanded to the scores' shape before the add: a broadcasting add in a compiled training
+        # graph kept about 2 GB more at DETR-R50's 800x1066 batch-2 step (benchmarks/README.md).
         if key_padding_mask is not None:
-            scores = scores + _additive(key_padding_mask)[:, None, None, :]
+            scores = scores + ops.broadcast_to(_additive(key_padding_mask)[:, None, None, :], scores.shape)
         if attn_mask is not None:
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)
-            scores = scores + (bias if attn_mask.ndim == 2 else bias[:, None])
+            scores = scores + ops.broadcast_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
         weights = ops.softmax(scores, axis=-1)
         out = ops.matmul(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         return self.out_proj(out), weights
