@@ -23,7 +23,7 @@ weights: speed does not depend on the values. Run from the repository root::
 With ``--repeats R`` every measurement runs R times, the two sides alternated (A B A B), and the table gives
 medians with the min-max range, since a shared machine's load moves either side by 15% or more.
 
-Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, peaks at about 11 GB RSS; on
+Memory note: on CPU, MindSpore 2.10's graph-mode train step at 800x1066, batch 2, peaks at about 9 GB RSS; on
 smaller hosts run the training rows at a reduced size (``--height 384 --width 512 --only torch_train ms_train``).
 """
 

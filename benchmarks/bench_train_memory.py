@@ -11,7 +11,7 @@ Two measurements, each in its own subprocess (peak RSS per process, as ``bench_d
   image) with ReLU, forward and gradients with respect to the weights and the input, in graph mode or PyNative:
   how the resident memory grows with the number of convolution nodes in one graph.
 
-Run from the repository root (the 800x1066 ``detr`` rows need about 11 GB)::
+Run from the repository root (the 800x1066 ``detr`` rows need about 9 GB)::
 
     python -m benchmarks.bench_train_memory detr --variants full frozen --height 384 --width 512
     python -m benchmarks.bench_train_memory convs --counts 1 5 10 [--pynative]
