@@ -70,7 +70,8 @@ class MultiheadAttention(nn.Cell):
         start = index * self.embed_dim
         weight = self.in_proj_weight[start:start + self.embed_dim]
         bias = self.in_proj_bias[start:start + self.embed_dim]
-        return ops.matmul(x, weight.transpose(1, 0)) + bias
+        projected = ops.matmul(x, weight.transpose(1, 0))
+        return projected + ops.broadcast_to(bias, projected.shape)  # same-shape add: see the mask bias below
 
     def _split_heads(self, x):
         # [B, L, E] -> [B, h, L, d]
