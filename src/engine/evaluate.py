@@ -2,7 +2,8 @@
 
 :func:`evaluate_model` reads ``data.val_split`` through the one data road (``src.data.dataset.create_dataset``),
 runs the inference graph (network + post-process, detections in original-image pixels with dataset category
-ids), and :func:`score_detections` scores them with the metrics of the dataset format:
+ids; with ``eval.unpadded``, the default, each image at its own size, ``src.engine.unpadded``), and
+:func:`score_detections` scores them with the metrics of the dataset format:
 
 * COCO-format datasets: the 12 COCOeval bbox stats over the catalog's classes (``src.data.catalog``), following
   facebookresearch/detr ``engine.evaluate``; for the DeFRCN few-shot class sets also ``bAP*`` / ``nAP*`` on the
@@ -33,6 +34,7 @@ from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, V
 from src.data.sources import coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
 from src.engine.pcb_eval import build_pcb
+from src.engine.unpadded import unpadded_inference
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.voc_evaluator import VocEvaluator
 from src.progress import track
@@ -65,9 +67,20 @@ class InferenceNet(nn.Cell):
 
 
 def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_images: int | None):
-    """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch."""
+    """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch.
+
+    With ``eval.unpadded`` every image runs at its own size (:func:`src.engine.unpadded.unpadded_inference`);
+    otherwise batches are padded to the ``data.eval_pad_buckets``.
+    """
     net.set_train(False)
-    dataset = create_dataset(root, cfg["data"], "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
+    data_cfg = cfg["data"]
+    if cfg["eval"]["unpadded"]:
+        if cfg["eval"]["batch_size"] != 1:
+            raise ValueError(f"eval.unpadded runs one image at a time; eval.batch_size is "
+                             f"{cfg['eval']['batch_size']} (set it to 1, or eval.unpadded to false for buckets)")
+        data_cfg = {**data_cfg, "eval_pad_buckets": None}
+        net = unpadded_inference(net, cfg["model"]["name"], eager=ms.get_context("mode") == ms.PYNATIVE_MODE)
+    dataset = create_dataset(root, data_cfg, "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
                              max_images=max_images)
     batches = track(dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1),
                     dataset.get_dataset_size() * cfg["eval"]["batch_size"], f"evaluating {cfg['data']['val_split']}",

@@ -284,8 +284,13 @@ class FocusDETR(nn.Cell):
             boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
         return ops.stack(logits), ops.stack(boxes)
 
+    def features(self, image):
+        """Neck levels of ``image`` (float32 ``[B, 3, H, W]``): a tuple of float32 ``[B, C, H_l, W_l]``, finest
+        first. Its own method so that unpadded inference (``src.engine.unpadded``) compiles it as one graph."""
+        return self.neck(self.backbone(image))
+
     def construct(self, image, mask, tgt_boxes=None, tgt_labels=None, tgt_valid=None):
-        feats = self.neck(self.backbone(image))
+        feats = self.features(image)
         masks = ()
         poses = ()
         for feat in feats:
