@@ -72,12 +72,12 @@ def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_i
     With ``eval.unpadded`` every image runs at its own size (:func:`src.engine.unpadded.unpadded_inference`);
     otherwise batches are padded to the ``data.eval_pad_buckets``.
     """
+    if cfg["eval"]["unpadded"] and cfg["eval"]["batch_size"] != 1:
+        raise ValueError(f"eval.unpadded runs one image at a time; eval.batch_size is {cfg['eval']['batch_size']} "
+                         f"(set it to 1, or eval.unpadded to false for buckets)")
     net.set_train(False)
     data_cfg = cfg["data"]
     if cfg["eval"]["unpadded"]:
-        if cfg["eval"]["batch_size"] != 1:
-            raise ValueError(f"eval.unpadded runs one image at a time; eval.batch_size is "
-                             f"{cfg['eval']['batch_size']} (set it to 1, or eval.unpadded to false for buckets)")
         data_cfg = {**data_cfg, "eval_pad_buckets": None}
         net = unpadded_inference(net, cfg["model"]["name"], eager=ms.get_context("mode") == ms.PYNATIVE_MODE)
     dataset = create_dataset(root, data_cfg, "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
