@@ -10,7 +10,7 @@ weights (speed does not depend on the values), once per mode in its own process:
 Prints one ``RESULT {json}`` line per mode: seconds for the first image (compilation included), median seconds per
 later image (min-max), graphs compiled, peak RSS. Run from the repository root::
 
-    python -m benchmarks.bench_unpadded --config configs/detr/detr_r50.yaml [--num_images 6]
+    python -m benchmarks.bench_unpadded --config configs/detr/detr_r50.yaml [--num_images 6] [--set KEY=VALUE ...]
 """
 
 import argparse
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bucketed", "unpadded")
 
 
-def worker(config: str, mode: str, num_images: int, root: str) -> dict:
+def worker(config: str, mode: str, num_images: int, root: str, overrides: list) -> dict:
     import mindspore as ms
     import mindspore.graph.api as graph_api
 
@@ -36,7 +36,7 @@ def worker(config: str, mode: str, num_images: int, root: str) -> dict:
     from src.runtime import init_context
 
     init_context("CPU")
-    cfg = load_config(config, [f"eval.unpadded={str(mode == 'unpadded').lower()}", "eval.batch_size=1"])
+    cfg = load_config(config, [*overrides, f"eval.unpadded={str(mode == 'unpadded').lower()}", "eval.batch_size=1"])
     ms.set_seed(0)
     detector = build_model(cfg)
     net = InferenceNet(detector.network, detector.postprocess)
@@ -62,14 +62,17 @@ def main(argv=None):
     parser.add_argument("--num_images", type=int, default=6)
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "coco_tiny"))
     parser.add_argument("--only", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (e.g. sizes)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.config, args.worker, args.num_images, args.root)), flush=True)
+        result = worker(args.config, args.worker, args.num_images, args.root, args.set)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     for mode in args.only:
         result = measure_in_subprocess("benchmarks.bench_unpadded", mode,
-                                       ["--config", args.config, "--num_images", args.num_images, "--root", args.root])
+                                       ["--config", args.config, "--num_images", args.num_images, "--root", args.root,
+                                        "--set", *args.set])
         print(json.dumps(result), flush=True)
 
 
