@@ -8,9 +8,9 @@ in PyNative mode with its size-independent parts compiled once as MindSpore dyna
 with ``Tensor(shape=[1, 3, None, None])`` and ``mindspore.jit`` on the Cell's ``construct``):
 
 * DETR: the whole network and post-process (one graph; its shapes follow H and W without Python integers).
-* Focus-DETR: the backbone and the neck (one graph, :meth:`src.models.focus_detr.model.FocusDETR.features`);
+* Focus-DETR: the ResNet backbone and the neck (one graph, :meth:`src.models.focus_detr.model.FocusDETR.features`);
   detrex-style token selection needs the level sizes as Python integers, so the transformer and post-process run
-  eagerly.
+  eagerly. A Swin backbone (whose window padding needs Python integers too) runs eagerly as well: no graph.
 * DeFRCN: the res2-res4 trunk, the RPN head, the box head (ROIAlign + res5 on the fixed proposal count) and the
   fast R-CNN inference (four graphs); anchors and proposal selection run eagerly.
 
@@ -24,6 +24,7 @@ import weakref
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from src.models.focus_detr.backbone import MultiLevelResNet
 from src.runtime import pynative_mode
 
 DYNAMIC_IMAGE = Tensor(shape=[1, 3, None, None], dtype=ms.float32)
@@ -58,6 +59,8 @@ def _compiled_parts(net: nn.Cell, model_name: str) -> list:
         return [(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]
     if model_name == "focus_detr":
         focus = net.network.network  # FocusDETRWithImageMask -> FocusDETR
+        if not isinstance(focus.backbone, MultiLevelResNet):
+            return []  # Swin's window padding uses Python integers: its dynamic-shape graph fails, so it runs eagerly
         features = _FocusFeatures(focus.backbone, focus.neck)
         object.__setattr__(focus, "features", features)  # replaces the method for this instance, not a child Cell
         return [(features, (DYNAMIC_IMAGE,))]
@@ -75,8 +78,8 @@ class UnpaddedInference:
     Wraps an :class:`src.engine.evaluate.InferenceNet` (weights loaded), compiling its size-independent parts as
     dynamic-shape graphs (see the module docstring); each call runs in PyNative mode (restored afterwards), so it
     also works in a process set to graph mode. The compiled graphs are built on the first call: evaluating N images
-    of N sizes compiles 1 (DETR), 2 (Focus-DETR) or 4 (DeFRCN) graphs, whatever N. ``eager=True`` compiles nothing
-    (``--pynative``, debugging).
+    of N sizes compiles 1 (DETR), 1 (Focus-DETR; 0 with Swin) or 4 (DeFRCN) graphs, whatever N. ``eager=True``
+    compiles nothing (``--pynative``, debugging).
 
     Args:
         net: the InferenceNet; its Cells are changed in place (their ``construct`` becomes a compiled graph), so it
