@@ -21,7 +21,7 @@ from src.models import build_model
 from src.runtime import pynative_mode
 
 CASES = {
-    "focus_detr": ("configs/focus_detr/focus_detr_tiny.yaml", [], 1),
+    "focus_detr": ("configs/focus_detr/focus_detr_tiny.yaml", ["eval.unpadded=true"], 1),
     # A low score threshold, so the random tiny DeFRCN returns detections to compare.
     "defrcn": ("configs/defrcn/defrcn_tiny_base_coco.yaml",
                ["eval.unpadded=true", "eval.batch_size=1", "model.score_thresh=0.001"], 4),
