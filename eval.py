@@ -8,20 +8,20 @@ Any COCO-format dataset (``data.dataset: coco``, its own categories) or VOC-form
 sets: also bAP and nAP; VOC (``--coco_path`` is then the VOCdevkit): VOC2007 11-point AP50, nAP50 / bAP50 and
 per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores detections with PCB
 (support set: the config's few-shot split, ``data.shot`` / ``data.seed``). Each image is evaluated at its own size
-at batch 1 (``eval.unpadded``, the default, ``src/engine/unpadded.py``); ``--set eval.unpadded=false`` pads batches of
-``eval.batch_size`` to the ``data.eval_pad_buckets``. See ``src/engine/evaluate.py``.
+at batch 1 (``eval.unpadded``, the default, ``src/evaluation/unpadded.py``); ``--set eval.unpadded=false`` pads
+batches of ``eval.batch_size`` to the ``data.eval_pad_buckets``. See ``src/evaluation/evaluate.py``.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.cli import run
 from src.config import load_config, save_config
 from src.data.catalog import build_catalog
-from src.engine.checkpoint import checkpoint_catalog, load_pretrained
-from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.logger import setup_logger
+from src.evaluation.evaluate import InferenceNet, evaluate_model
 from src.fileio import atomic_write_text, file_sha256
 from src.models import build_model
 from src.runtime import DEVICE_TARGETS, init_context

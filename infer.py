@@ -19,15 +19,15 @@ from pathlib import Path
 
 import cv2
 
+from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.cli import run
 from src.config import load_config
 from src.data.catalog import build_catalog
-from src.engine.checkpoint import checkpoint_catalog, load_pretrained
-from src.engine.evaluate import InferenceNet
 from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
-from src.engine.unpadded import unpadded_inference
 from src.errors import InputError
+from src.evaluation.evaluate import InferenceNet
+from src.evaluation.unpadded import unpadded_inference
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
 from src.models import build_model
@@ -75,7 +75,7 @@ def main(argv=None):
     net.set_train(False)
     attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
     unpadded = cfg["eval"]["unpadded"]
-    if unpadded:  # each image at its own size (src/engine/unpadded.py); eval.unpadded=false pads to a bucket
+    if unpadded:  # each image at its own size (src/evaluation/unpadded.py); eval.unpadded=false pads to a bucket
         net = unpadded_inference(net, cfg["model"]["name"], eager=args.pynative)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

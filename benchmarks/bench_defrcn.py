@@ -7,7 +7,7 @@ Measures, at one input size (default 800x1333, detectron2's test size for a land
   original image;
 * one training step, batch 2 (default): the COCO base-training config (60 classes, RPN 12000 -> 2000 proposals,
   256 anchors and 512 ROIs sampled per image, stem/res2/res3 frozen, GDL lambda 0 / 0.75) through the trainer's
-  ``TrainStep`` with the DeFRCN loss network and the warmup multi-step momentum SGD (``src/engine/sgd.py``):
+  ``TrainStep`` with the DeFRCN loss network and the warmup multi-step momentum SGD (``src/engine/optim/sgd.py``):
   forward, the four detectron2 losses, backward and update, compiled as one graph.
 
 Peak memory and timing follow ``benchmarks/bench_detr.py`` (its helpers are reused): every measurement runs
@@ -73,9 +73,9 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
     from mindspore import Tensor
 
     from src.config import load_config
-    from src.engine.evaluate import InferenceNet
-    from src.engine.sgd import build_sgd, scale_schedule
+    from src.engine.optim.sgd import build_sgd, scale_schedule
     from src.engine.train_step import TrainStep
+    from src.evaluation.evaluate import InferenceNet
     from src.models import build_model
     from src.runtime import init_context
 

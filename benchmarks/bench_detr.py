@@ -88,10 +88,10 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
 
     from src.config import load_config
     from src.data.catalog import resolve_num_classes
-    from src.engine.lr_schedule import build_optimizer
+    from src.engine.optim.adamw import build_optimizer
     from src.engine.train_step import TrainStep
     from src.models.detr.criterion import build_criterion
-    from src.models.detr.detr import build_detr
+    from src.models.detr.model import build_detr
     from src.runtime import init_context
 
     init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)

@@ -1,11 +1,11 @@
 """Cost of unpadded evaluation (``eval.unpadded: true``, the default) against bucketed graph mode, per model.
 
-Runs the evaluation loop of ``eval.py`` (``src.engine.evaluate._predict``: MindRecord read, eval resize, network,
+Runs the evaluation loop of ``eval.py`` (``src.evaluation.evaluate._predict``: MindRecord read, eval resize, network,
 post-process) over the first N real coco_tiny val2017 images at the config's evaluation size, batch 1, random
 weights (speed does not depend on the values), once per mode in its own process:
 
 * ``bucketed``: graph mode, each image padded to its ``data.eval_pad_buckets`` entry (one compile per bucket used);
-* ``unpadded``: each image at its own size (``src.engine.unpadded``: the dynamic-shape graphs compile once).
+* ``unpadded``: each image at its own size (``src.evaluation.unpadded``: the dynamic-shape graphs compile once).
 
 Prints one ``RESULT {json}`` line per mode: seconds for the first image (compilation included), median seconds per
 later image (min-max), graphs compiled, peak RSS. Run from the repository root::
@@ -31,7 +31,7 @@ def worker(config: str, mode: str, num_images: int, root: str, overrides: list) 
     import mindspore.graph.api as graph_api
 
     from src.config import load_config
-    from src.engine.evaluate import InferenceNet, _predict
+    from src.evaluation.evaluate import InferenceNet, _predict
     from src.models import build_model
     from src.runtime import init_context
 

@@ -1,6 +1,4 @@
 #!/usr/bin/env bash
 # DeFRCN base-training evaluation on Ascend (COCO AP over the base classes, or VOC AP50):
-#   bash scripts/run_eval_pretrain_ascend.sh CONFIG CKPT [eval.py options, e.g. --coco_path ROOT --max_images N]
-# e.g. CONFIG configs/defrcn/defrcn_det_r101_base_coco.yaml. Dataset root: --coco_path, else DATA_ROOT, else
-# datasets/coco (datasets/VOCdevkit for a VOC config). See scripts/eval.sh.
+#   bash scripts/run_eval_pretrain_ascend.sh CONFIG ROOT CKPT [eval.py options] (see scripts/eval.sh)
 DEVICE_TARGET=Ascend STAGE=pretrain exec bash "$(dirname "$0")/eval.sh" "$@"

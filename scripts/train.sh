@@ -1,33 +1,22 @@
 #!/usr/bin/env bash
 # Shared body of the run_{standalone,distribute}_{train,finetune}_*.sh launchers.
-# Usage: DEVICE_TARGET=CPU|GPU|Ascend [TASK=train|finetune] bash scripts/train.sh standalone|distribute EXP [CONFIG]
+# Usage: DEVICE_TARGET=CPU|GPU|Ascend [TASK=train|finetune] bash scripts/train.sh standalone|distribute EXP CONFIG
 #        [train.py options]
-#   TASK=train (default): CONFIG may be omitted (no second argument, or it starts with --); it then defaults to
-#     DeFRCN's COCO base training, configs/defrcn/defrcn_det_r101_base_coco.yaml.
-#   TASK=finetune: CONFIG is required, and so is --pretrained (the model_surgery output) or --resume; keys the
+#   CONFIG is required (there is no default model), e.g. configs/detr/detr_r50.yaml.
+#   TASK=finetune: --pretrained is required too (the model_surgery output) or --resume; keys the
 #     checkpoint lacks (the FSOD box predictor after `remove`) keep their initialization (--pretrained_partial).
 # Environment: DEVICE_NUM (distribute; default 2 on CPU, 8 elsewhere), MASTER_PORT (default 8118),
 #              OUTPUT_ROOT (default outputs), PYTHON (default python), MS_CPU_COMM_OP_TIMEOUT (distribute on
 #              CPU; default 1800 s, see below).
 set -euo pipefail
-DEFAULT_CONFIG=configs/defrcn/defrcn_det_r101_base_coco.yaml
 TASK=${TASK:-train}
-usage="usage: $0 standalone|distribute EXP [CONFIG] [train.py options]"
+usage="usage: $0 standalone|distribute EXP CONFIG [train.py options]"
 if [ "$TASK" = finetune ]; then usage="usage: $0 standalone|distribute EXP CONFIG --pretrained CKPT [train.py options]"; fi
-if [ $# -lt 2 ]; then
-  echo "$usage" >&2
+if [ $# -lt 3 ] || [[ "$3" == --* ]]; then
+  echo "$usage (CONFIG is required, e.g. configs/detr/detr_r50.yaml)" >&2
   exit 2
 fi
-MODE=$1; EXP=$2; shift 2
-if [ $# -eq 0 ] || [[ "$1" == --* ]]; then
-  if [ "$TASK" = finetune ]; then
-    echo "$usage (fine-tuning needs a config, e.g. configs/defrcn/defrcn_fsod_r101_novel_coco_10shot.yaml)" >&2
-    exit 2
-  fi
-  CONFIG=$DEFAULT_CONFIG
-else
-  CONFIG=$1; shift
-fi
+MODE=$1; EXP=$2; CONFIG=$3; shift 3
 : "${DEVICE_TARGET:?set DEVICE_TARGET to CPU, GPU or Ascend}"
 EXTRA=()
 case "$TASK" in

@@ -83,7 +83,7 @@ def init_context(device_target: str = "CPU", pynative: bool = False, distributed
 def pynative_mode():
     """Run the enclosed code in PyNative mode and restore the previous execution mode afterwards.
 
-    Used by :class:`src.engine.unpadded.UnpaddedInference`, whose eager parts must not be compiled per input shape.
+    Used by :class:`src.evaluation.unpadded.UnpaddedInference`, whose eager parts must not be compiled per input shape.
     """
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)

@@ -9,7 +9,7 @@ the benchmark builds it and maps its trainable backbone tensors, by name, onto o
 import re
 
 from benchmarks.bench_detr import mindspore_trainable_backbone, torch_reference, torch_trainable_backbone
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 
 
 def _torchvision_name(transformers_name: str) -> str:

@@ -20,18 +20,18 @@ import pytest
 from mindspore import nn
 
 import export as export_cli
+from src.checkpoint import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    load_pretrained,
+    save_checkpoint,
+)
 from src.cli import run
 from src.config import ConfigError, load_config
 from src.data.coco import EmptySplitError
 from src.data.mindrecord import convert_source
 from src.data.sources import coco_split_source
 from src.data.voc import VocFormatError, parse_voc_xml
-from src.engine.checkpoint import (
-    CheckpointFormatError,
-    CheckpointMismatchError,
-    load_pretrained,
-    save_checkpoint,
-)
 from src.errors import InputError
 from src.fileio import atomic_write_text
 

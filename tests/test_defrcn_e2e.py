@@ -118,8 +118,8 @@ def test_voc_base_surgery_fsod_finetune_pcb_eval(shared_data, tmp_path, pcb_mode
     ckpt = _train(TINY_FSOD, devkit, tmp_path / "ft", [*split_sets, *QUICK], extra=["--pretrained", str(reset),
                                                                                   "--pretrained_partial"])
     env = {**os.environ, "PCB_MODEL": str(pcb_model), "PYTHON": sys.executable}
-    out = _run(["bash", str(REPO / "scripts" / "run_eval_finetune_cpu.sh"), str(REPO / TINY_FSOD), str(ckpt),
-                "--coco_path", str(devkit), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set",
+    out = _run(["bash", str(REPO / "scripts" / "run_eval_finetune_cpu.sh"), str(REPO / TINY_FSOD), str(devkit),
+                str(ckpt), "--output_dir", str(tmp_path / "eval"), "--pynative", "--set",
                 *split_sets],
                cwd=tmp_path, env=env)
     assert "novel   nAP" in out and "per-class AP50" in out and "with PCB" in out

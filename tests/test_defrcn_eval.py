@@ -18,7 +18,7 @@ from src.config import load_config
 from src.data.few_shot import COCO_NOVEL_IDS, VOC_NOVEL_CLASSES
 from src.data.few_shot_sampling import write_coco_few_shot
 from src.data.voc import VOC_CLASSES
-from src.engine.evaluate import score_detections
+from src.evaluation.evaluate import score_detections
 
 TINY = "configs/defrcn/defrcn_tiny_base_coco.yaml"
 
@@ -159,7 +159,7 @@ def _feature(extractor, path, box):
 
 def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
     from src.engine import pcb_eval
-    from src.engine.pcb_eval import PCBCalibrator
+    from src.models.defrcn.pcb_eval import PCBCalibrator
 
     root, tmp = pcb_setup
     cache = tmp / "cache"
@@ -220,7 +220,7 @@ def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
 
 def test_eval_switches_classifier_dropout_off(shared_data, tmp_path):
     """A network left in training mode is evaluated in eval mode: two runs agree exactly despite dropout 0.8."""
-    from src.engine.evaluate import InferenceNet, evaluate_model
+    from src.evaluation.evaluate import InferenceNet, evaluate_model
     from src.models import build_model
 
     cfg = load_config(TINY, ["data.classes=novel", "model.cls_dropout=true"])

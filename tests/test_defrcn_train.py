@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
+from src.checkpoint import checkpoint_arrays, load_pretrained
 from src.config import load_config
-from src.engine.checkpoint import checkpoint_arrays, load_pretrained
 from src.engine.trainer import TrainOptions, train
 from src.models import build_model
 from src.models.defrcn.detector import DeFRCNLossNetwork, DeFRCNPostprocess, image_sizes_from_mask

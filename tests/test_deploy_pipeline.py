@@ -1,7 +1,7 @@
 """preprocess.py -> tools/infer_mindir.py -> postprocess.py on real coco_tiny images equals eval's evaluate_model.
 
 The three commands run as subprocesses, as the README gives them, on the first 8 val2017 images; the same
-checkpoint evaluated in-process by :func:`src.engine.evaluate.evaluate_model` on the same 8 images must give the
+checkpoint evaluated in-process by :func:`src.evaluation.evaluate.evaluate_model` on the same 8 images must give the
 same detections and the same 12 stats. A second test scores a result folder built from the ground truth (so
 the expected AP of 1 does not come from the code under test).
 """
@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from src.checkpoint import save_checkpoint
 from src.config import load_config
 from src.deploy.bin_io import (
     DeployError,
@@ -29,8 +30,7 @@ from src.deploy.bin_io import (
 )
 from src.deploy.export import build_inference_net, example_inputs, export_graph
 from src.deploy.pipeline import postprocess_results
-from src.engine.checkpoint import save_checkpoint
-from src.engine.evaluate import evaluate_model
+from src.evaluation.evaluate import evaluate_model
 from src.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

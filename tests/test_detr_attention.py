@@ -22,7 +22,7 @@ from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, run_attention, write_attention_figures
 from src.models.detr.convert import convert_detr_checkpoint
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 from src.models.detr.postprocess import PostProcess
 from tests.test_detr_parity import CONFIGS, _calibrate_frozen_bn
 

@@ -18,7 +18,7 @@ from src.config import load_config
 from src.data.catalog import resolve_num_classes
 from src.layers.position_encoding import PositionEmbeddingSine
 from src.models.detr.convert import ConversionError, convert_detr_checkpoint, infer_backbone
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
 from src.runtime import prefer_avx2_cpu_kernels
@@ -217,7 +217,7 @@ def test_default_eval_path_is_unpadded_and_matches_transformers(reference, conve
 
     from src.data.dataset import create_dataset
     from src.deploy.export import build_inference_net
-    from src.engine.evaluate import _predict
+    from src.evaluation.evaluate import _predict
 
     cfg = load_config(CONFIGS / "detr_r50.yaml", ["data.eval_size=224", "data.eval_max_size=320"])
     assert cfg["eval"]["unpadded"] is True

@@ -33,7 +33,7 @@ from src.config import load_config
 from src.data.catalog import resolve_num_classes
 from src.data.transforms import build_eval_transform
 from src.models.detr.convert import is_reimpl_layout, reimpl_to_hub
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 from tools.convert_weights import main as convert_main
 
 torch = pytest.importorskip("torch")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from src.checkpoint import save_checkpoint
 from src.config import load_config
-from src.engine.checkpoint import save_checkpoint
 from src.evaluation.coco_evaluator import STAT_NAMES
 from src.models import build_model
 

@@ -17,12 +17,12 @@ import pytest
 from mindspore import nn
 
 import export as export_cli
+from src.checkpoint import save_checkpoint
 from src.config import load_config
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.deploy.bin_io import DeployError
 from src.deploy.export import example_inputs, export_graph, output_path, resolve_image_size
-from src.engine.checkpoint import save_checkpoint
 from src.engine.predict import load_image
 from src.models import build_model
 
@@ -139,7 +139,7 @@ def test_focus_detr_mindir_through_the_cli_equals_inference_net(tmp_path, shared
 
 
 def test_detr_r50_mindir_equals_inference_net(tmp_path, shared_data):
-    from src.engine.evaluate import InferenceNet
+    from src.evaluation.evaluate import InferenceNet
 
     cfg = load_config(ROOT / DETR_R50, R50_SMALL)
     ms.set_seed(6)

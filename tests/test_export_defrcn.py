@@ -6,7 +6,7 @@ loaded back with ``ms.load`` + ``nn.GraphCell`` (no Python model code) and run o
 ``preprocess.py``'s code (:func:`src.deploy.pipeline.preprocess_split`) writes for the first val2017 image.
 
 PCB (prototypical calibration of the scores, ``eval.pcb``) is not part of the exported graph: DeFRCN runs it
-on the host after the network (:func:`src.engine.evaluate.evaluate_model`), so a deployment that wants PCB
+on the host after the network (:func:`src.evaluation.evaluate.evaluate_model`), so a deployment that wants PCB
 scores must re-score the exported graph's outputs itself.
 """
 
@@ -18,11 +18,11 @@ import pytest
 from mindspore import nn
 
 import export as export_cli
+from src.checkpoint import save_checkpoint
 from src.config import load_config
 from src.data.dataset import create_dataset
 from src.deploy.bin_io import input_specs, read_manifest, read_tensor, tensor_path
 from src.deploy.pipeline import preprocess_split
-from src.engine.checkpoint import save_checkpoint
 from src.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

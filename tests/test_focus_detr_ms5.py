@@ -37,10 +37,10 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from src.checkpoint import load_pretrained
 from src.config import load_config
 from src.convert_common import ConversionError, cell_param_shapes
 from src.data.transforms import build_eval_transform
-from src.engine.checkpoint import load_pretrained
 from src.engine.predict import load_image
 from src.models import build_model
 from src.models.focus_detr.convert_ms5 import map_ms5_state

@@ -24,7 +24,7 @@ from src.data.catalog import resolve_num_classes
 from src.data.coco import image_dir, load_coco_split
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform, prepare_target
-from src.engine.lr_schedule import build_optimizer
+from src.engine.optim.adamw import build_optimizer
 from src.engine.predict import load_image
 from src.engine.train_step import TrainStep
 from src.layers.ms_deform_attn import level_start_indices

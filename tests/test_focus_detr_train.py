@@ -16,11 +16,11 @@ import torch
 from mindspore import Tensor
 from scipy.optimize import linear_sum_assignment
 
+from src.checkpoint import load_pretrained
 from src.config import load_config
 from src.data.coco_classes import COCO_CATEGORY_NAMES
-from src.engine.checkpoint import load_pretrained
-from src.engine.evaluate import InferenceNet, evaluate_model
 from src.engine.trainer import TrainOptions, train
+from src.evaluation.evaluate import InferenceNet, evaluate_model
 from src.models import build_model
 from src.models.focus_detr.criterion import build_criterion
 from src.ops.matcher import HungarianMatcher

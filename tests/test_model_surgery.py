@@ -34,7 +34,7 @@ def _tool():
 
 def _source(path: Path, num_base: int, drop=()):
     """Fake base checkpoint: row i of every predictor tensor holds i + offset; plus a backbone weight and
-    optimizer state listed the way src/engine/checkpoint.py does."""
+    optimizer state listed the way src/checkpoint.py does."""
     rows_cls = np.arange(num_base + 1, dtype=np.float32)
     rows_box = np.arange(4 * num_base, dtype=np.float32)
     tensors = {

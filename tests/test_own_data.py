@@ -20,6 +20,7 @@ import pytest
 import eval as eval_entry
 import infer as infer_entry
 import train as train_entry
+from src.checkpoint import checkpoint_arrays, load_pretrained, save_checkpoint
 from src.config import load_config
 from src.data.catalog import Catalog, CatalogError
 from src.data.coco import CocoFormatError
@@ -27,7 +28,6 @@ from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.mindrecord import convert_source
 from src.data.sources import build_source
 from src.data.voc import VocFormatError
-from src.engine.checkpoint import checkpoint_arrays, load_pretrained, save_checkpoint
 from src.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_fine_tune_reinitializes_exactly_the_class_heads(name, tmp_path, caplog)
     save_checkpoint(coco_ckpt, build_model(cfg).network)
     saved = checkpoint_arrays(coco_ckpt)
     own = build_model(cfg, catalog=Catalog((1, 2, 3), ("cat", "dog", "sofa"))).network
-    with caplog.at_level(logging.WARNING, logger="src.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="src.checkpoint"):
         missing, unexpected = load_pretrained(coco_ckpt, own, strict=True, reinit_class_heads=True)
     params = {p.name: p.asnumpy() for p in own.get_parameters()}
     reinit = sorted(k for k, v in params.items() if saved[k].shape != v.shape)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from src.cli import run as run_entry_point
 from tools.plot_logs import main
 
 
@@ -18,7 +19,9 @@ def _run_dir(path, losses):
 def test_two_runs_on_one_png(tmp_path, capsys):
     runs = [_run_dir(tmp_path / "a", [3.0, 2.0, 1.0]), _run_dir(tmp_path / "b", [4.0, 3.5])]
     output = tmp_path / "curves.png"
-    assert main([str(runs[0]), str(runs[1]), "--keys", "loss", "lr", "--output", str(output)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        run_entry_point(main, [str(runs[0]), str(runs[1]), "--keys", "loss", "lr", "--output", str(output)])
+    assert exit_info.value.code == 0
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {output}" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
@@ -26,7 +29,9 @@ def test_two_runs_on_one_png(tmp_path, capsys):
 
 def test_one_run_defaults_to_its_folder(tmp_path):
     run = _run_dir(tmp_path / "a", [1.0, 0.5])
-    assert main([str(run)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        run_entry_point(main, [str(run)])
+    assert exit_info.value.code == 0
     assert (run / "loss_curve.png").is_file()
 
 
@@ -38,7 +43,9 @@ def test_one_run_defaults_to_its_folder(tmp_path):
 def test_bad_input_is_one_line_naming_the_file_or_key(tmp_path, capsys, setup, message):
     run = tmp_path / "run"
     setup(run)
-    assert main([str(run), "--keys", "loss_giou", "--output", str(tmp_path / "out.png")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_entry_point(main, [str(run), "--keys", "loss_giou", "--output", str(tmp_path / "out.png")])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out.png").exists()

@@ -1,4 +1,4 @@
-"""tools/run_few_shot.py and src/engine/few_shot_protocol.py: the shots x seeds grid, resume and the results table.
+"""tools/run_few_shot.py and tools/few_shot_protocol.py: the shots x seeds grid, resume and the results table.
 
 The per-run work is injected (a fake runner writing metrics files), so these tests run no model. Expected
 table values are computed here with NumPy from the values the fake runner wrote.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from src.engine.few_shot_protocol import (
+from tools.few_shot_protocol import (
     METRICS,
     ProtocolError,
     RunSpec,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from mindspore import Parameter, Tensor, nn, ops
 
-from src.engine.checkpoint import load_for_resume, save_checkpoint
-from src.engine.sgd import (
+from src.checkpoint import load_for_resume, save_checkpoint
+from src.engine.optim.sgd import (
     WarmupMultiStepSGD,
     build_param_groups,
     build_sgd,

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src.checkpoint import checkpoint_arrays
 from src.config import load_config
-from src.engine.checkpoint import checkpoint_arrays
 from src.evaluation.coco_evaluator import STAT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]

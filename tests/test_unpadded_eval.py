@@ -1,4 +1,4 @@
-"""Unpadded evaluation (``eval.unpadded``, ``src/engine/unpadded.py``) for Focus-DETR and DeFRCN.
+"""Unpadded evaluation (``eval.unpadded``, ``src/evaluation/unpadded.py``) for Focus-DETR and DeFRCN.
 
 The evaluation loop of ``evaluate_model`` runs three real coco_tiny images of three sizes through each tiny config
 (random weights). The reference is the same network run eagerly (PyNative, nothing compiled) on each image alone at
@@ -16,7 +16,7 @@ import pytest
 
 from src.config import load_config
 from src.data.dataset import create_dataset, select_bucket
-from src.engine.evaluate import InferenceNet, _predict
+from src.evaluation.evaluate import InferenceNet, _predict
 from src.models import build_model
 from src.runtime import pynative_mode
 

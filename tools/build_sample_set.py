@@ -13,14 +13,20 @@ area since there are no masks. Use it as ``--coco_path sample_coco`` with split 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from src.cli import run
+from src.errors import InputError
+
 ANNOTATIONS = Path(__file__).resolve().parents[1] / "data" / "sample_annotations.json"
 SPLIT = "sample"
+
+
+class SampleSetError(InputError, ValueError):
+    """The installed scikit-image's photographs do not fit the annotations (another release changed them)."""
 
 
 def _load_skimage(name: str) -> np.ndarray:
@@ -35,7 +41,7 @@ def build_sample_set(output_dir, annotations=ANNOTATIONS, quality: int = 95) -> 
     """Write the sample set into ``output_dir``; returns the annotation file path.
 
     Raises:
-        ValueError: an skimage image's size differs from the one the boxes were drawn on (another
+        SampleSetError: an skimage image's size differs from the one the boxes were drawn on (another
             scikit-image release changed it), naming the image.
     """
     with open(annotations, encoding="utf-8") as f:
@@ -47,7 +53,7 @@ def build_sample_set(output_dir, annotations=ANNOTATIONS, quality: int = 95) -> 
     for entry in spec["images"]:
         pixels = _load_skimage(entry["skimage"])
         if pixels.shape[:2] != (entry["height"], entry["width"]):
-            raise ValueError(f"skimage.data.{entry['skimage']} is {pixels.shape[0]}x{pixels.shape[1]} (h x w), "
+            raise SampleSetError(f"skimage.data.{entry['skimage']} is {pixels.shape[0]}x{pixels.shape[1]} (h x w), "
                              f"but {annotations} was drawn on {entry['height']}x{entry['width']}")
         file_name = f"{entry['skimage']}.jpg"
         Image.fromarray(pixels).save(output_dir / SPLIT / file_name, quality=quality)
@@ -63,18 +69,13 @@ def build_sample_set(output_dir, annotations=ANNOTATIONS, quality: int = 95) -> 
     return out
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
+    """Build the set; a photograph that does not fit its boxes is reported by ``src.cli.run`` in one line (exit 2)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="folder to create the COCO-format set in")
     args = parser.parse_args(argv)
-    try:
-        path = build_sample_set(args.output_dir)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    print(build_sample_set(args.output_dir))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

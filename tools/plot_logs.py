@@ -8,9 +8,9 @@ when one run is given, else ``runs_<key>.png`` in the current folder.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
+from src.cli import run
 from src.engine.loss_plot import DEFAULT_KEYS, plot_runs
 
 
@@ -23,18 +23,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
+    """Plot the runs; a missing or malformed ``metrics.jsonl`` or an unknown key raises an input error, which
+    ``src.cli.run`` reports in one line with exit status 2."""
     args = parse_args(argv)
     output = args.output or (Path(args.run_dirs[0]) / "loss_curve.png" if len(args.run_dirs) == 1
                              else Path(f"runs_{'_'.join(args.keys)}.png"))
-    try:
-        path = plot_runs(args.run_dirs, output, args.keys)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+    path = plot_runs(args.run_dirs, output, args.keys)
     print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -17,7 +17,7 @@ data.shot=K data.seed=S``) and is evaluated with ``eval.py``; ``OUTPUT_DIR/resul
 hold, per shot, the mean and 1.96 * std / sqrt(n) of nAP/nAP50/nAP75 (COCO FSOD), nAP/nAP50/nAP75/bAP/AP
 (COCO gFSOD), nAP50 (VOC FSOD) or nAP50/bAP50/AP50 (VOC gFSOD), in percent; ``runs.csv`` has every run.
 Rerunning the same command resumes: finished runs (``eval/metrics.json``) are read, not run again.
-``--dry_run`` prints the commands. See ``src/engine/few_shot_protocol.py``.
+``--dry_run`` prints the commands. See ``tools/few_shot_protocol.py``.
 """
 
 import argparse
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from src.cli import run
 from src.config import load_config
-from src.engine.few_shot_protocol import (
+from src.runtime import DEVICE_TARGETS
+from tools.few_shot_protocol import (
     DATASETS,
     METRICS,
     REPO_ROOT,
@@ -41,7 +42,6 @@ from src.engine.few_shot_protocol import (
     read_metrics,
     run_grid,
 )
-from src.runtime import DEVICE_TARGETS
 
 CONFIG_PATTERNS = {
     "coco": "defrcn_{setting}_r101_novel_coco_{shot}shot.yaml",

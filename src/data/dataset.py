@@ -16,7 +16,7 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
 
 Each batch is padded to the smallest (by area) bucket of ``data_cfg['train_pad_buckets']`` /
 ``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket; ``eval_pad_buckets``
-None pads an evaluation batch to its own largest size only (at batch 1: no padding, ``src.engine.unpadded``).
+None pads an evaluation batch to its own largest size only (at batch 1: no padding, ``src.evaluation.unpadded``).
 
 Training drops the last incomplete batch. Evaluation keeps every image: an incomplete last batch is filled up
 to ``batch_size`` with dummy rows (``image_id`` -1, zero image, mask False, no valid targets, sizes equal

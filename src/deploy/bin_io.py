@@ -34,8 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from src.errors import InputError
-from src.evaluation.coco_evaluator import atomic_write_text
-from src.fileio import atomic_write_bytes
+from src.fileio import atomic_write_bytes, atomic_write_text
 
 MANIFEST_TXT = "manifest.txt"
 MANIFEST_JSON = "manifest.json"

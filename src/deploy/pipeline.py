@@ -32,7 +32,8 @@ from src.deploy.bin_io import (
     write_manifest,
     write_tensor,
 )
-from src.evaluation.coco_evaluator import CocoEvaluator, atomic_write_text
+from src.evaluation.coco_evaluator import CocoEvaluator
+from src.fileio import atomic_write_text
 
 PREPROCESS_COLUMNS = ["image", "mask", "image_id", "orig_size", "img_size"]
 
@@ -147,7 +148,7 @@ def postprocess_results(result_dir: str | os.PathLike, ann_file: str | os.PathLi
     Boxes are already xyxy in original-image pixels (the exported graph's post-process scales by
     ``orig_size``), so no coordinate mapping is left to do here; :class:`CocoEvaluator` converts them to COCO
     ``[x, y, w, h]``, drops label ``>= num_classes`` (no-object) and scores only the images in the manifest.
-    The default ``num_classes`` (91) is the rule :func:`src.engine.evaluate.evaluate_model` applies to every model:
+    The default ``num_classes`` (91) is the rule :func:`src.evaluation.evaluate.evaluate_model` applies to every model:
     it drops DETR's no-object label and keeps every COCO category id (Focus-DETR predicts 80 sigmoid classes but
     labels its detections with the raw ids up to 90, so its class count must not be passed here).
 

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 
-from src.engine.metrics_log import read_metrics  # noqa: E402
+from src.engine.metrics_log import MissingMetricError, read_metrics  # noqa: E402
 from src.fileio import atomic_output  # noqa: E402
 
 DEFAULT_KEYS = ("loss",)
@@ -33,8 +33,10 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, keys: Sequence
         ``output`` as a Path.
 
     Raises:
-        FileNotFoundError / ValueError: a missing or malformed ``metrics.jsonl`` (from ``read_metrics``).
-        KeyError: a key that no record of a run has; names the key, the run and the keys it has.
+        FileNotFoundError / src.engine.metrics_log.MetricsFormatError: a missing or malformed ``metrics.jsonl``
+            (from ``read_metrics``).
+        src.engine.metrics_log.MissingMetricError: a key that no record of a run has; names the key, the run and
+            the keys it has.
     """
     output = Path(output)
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
@@ -45,7 +47,7 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, keys: Sequence
                 points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
                 if not points:
                     available = sorted({k for r in records for k in r})
-                    raise KeyError(f"{run_dir}: no value of {key!r} in metrics.jsonl (keys: {available})")
+                    raise MissingMetricError(f"{run_dir}: no value of {key!r} in metrics.jsonl (keys: {available})")
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=run_dir.name or str(run_dir))
             ax.set_ylabel(key)

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
+from src.errors import InputError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -27,12 +29,20 @@ def append_metrics(run_dir: str | Path, record: Dict[str, float]) -> None:
         f.write(json.dumps(clean) + "\n")
 
 
+class MetricsFormatError(InputError, ValueError):
+    """A ``metrics.jsonl`` line that is not a JSON object."""
+
+
+class MissingMetricError(InputError, KeyError):
+    """A metric that no record of a run has."""
+
+
 def read_metrics(run_dir: str | Path) -> List[dict]:
     """Records of ``run_dir/metrics.jsonl`` in file order.
 
     Raises:
         FileNotFoundError: the run has no ``metrics.jsonl`` (names the path).
-        ValueError: a line is not a JSON object (names the file and line number).
+        MetricsFormatError: a line is not a JSON object (names the file and line number).
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
@@ -45,8 +55,8 @@ def read_metrics(run_dir: str | Path) -> List[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+                raise MetricsFormatError(f"{path}:{number}: not JSON ({err.msg})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
+                raise MetricsFormatError(f"{path}:{number}: expected a JSON object")
             records.append(record)
     return records

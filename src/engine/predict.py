@@ -29,8 +29,8 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None,
             unpadded: bool = False) -> list:
-    """Run ``net`` (an :class:`src.engine.evaluate.InferenceNet`, or with ``unpadded`` an
-    :class:`src.engine.unpadded.UnpaddedInference`) on one image.
+    """Run ``net`` (an :class:`src.evaluation.evaluate.InferenceNet`, or with ``unpadded`` an
+    :class:`src.evaluation.unpadded.UnpaddedInference`) on one image.
 
     Args:
         image_rgb: uint8 [H, W, 3] RGB.

@@ -5,9 +5,9 @@ MindSpore's graph-mode train step (:class:`src.engine.train_step.TrainStep`) doi
 all-reduce, clipping and the optimizer update in one call. Two schedules:
 
 * ``train.optimizer: adamw`` (DETR family, the default when the key is absent): ``train.epochs`` epochs,
-  DETR's AdamW with its epoch step decay (:mod:`src.engine.lr_schedule`), a checkpoint every
+  DETR's AdamW with its epoch step decay (:mod:`src.engine.optim.adamw`), a checkpoint every
   ``train.checkpoint_interval`` epochs and at the end.
-* ``train.optimizer: sgd`` (DeFRCN): detectron2's iteration schedule (:mod:`src.engine.sgd`): ``train.max_iter``
+* ``train.optimizer: sgd`` (DeFRCN): detectron2's iteration schedule (:mod:`src.engine.optim.sgd`): ``train.max_iter``
   updates after the linear scaling rule for the actual total batch, as many epochs as that takes (the last
   one cut short), a checkpoint every ``train.checkpoint_period`` iterations and at the end (per-epoch
   checkpoints would be one per update for a 1-shot set of a few images).
@@ -33,20 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.catalog import build_catalog
-from src.data.dataset import create_dataset
-from src.engine.checkpoint import (
+from src.checkpoint import (
     META_CATEGORIES,
     checkpoint_path,
     load_for_resume,
     load_pretrained,
     save_checkpoint,
 )
+from src.data.catalog import build_catalog
+from src.data.dataset import create_dataset
 from src.engine.logger import setup_logger
 from src.engine.loss_plot import plot_runs
-from src.engine.lr_schedule import build_optimizer
 from src.engine.metrics_log import METRICS_FILE, append_metrics
-from src.engine.sgd import build_sgd, scale_schedule
+from src.engine.optim.adamw import build_optimizer
+from src.engine.optim.sgd import build_sgd, scale_schedule
 from src.engine.train_step import TrainStep
 from src.models import build_model
 from src.runtime import RuntimeInfo
@@ -102,7 +102,7 @@ class TrainOptions:
         mindrecord_dir: MindRecord cache for the split (built on first use).
         resume: checkpoint to continue from (weights, optimizer state, epoch, step).
         pretrained: checkpoint whose weights initialize the network; class-head tensors whose shape differs (another
-            class count, ``src.engine.checkpoint.CLASS_HEAD_KEY``) keep their initialization, listed in one warning.
+            class count, ``src.checkpoint.CLASS_HEAD_KEY``) keep their initialization, listed in one warning.
         max_steps: stop after this many optimizer steps in total (0: run the whole schedule).
         max_images: use only the first N images of the split (small runs and tests).
         strict_pretrained: every network key must be in ``pretrained`` and vice versa. False lets keys missing

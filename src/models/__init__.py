@@ -61,7 +61,7 @@ def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
     name = cfg["model"]["name"]
     if name == "detr":
         from src.models.detr.criterion import build_criterion
-        from src.models.detr.detr import build_detr
+        from src.models.detr.model import build_detr
         from src.models.detr.postprocess import PostProcess
 
         model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}

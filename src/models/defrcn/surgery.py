@@ -18,7 +18,7 @@ first, so VOC base rows keep their indices; the split still decides which classe
 Checkpoints are MindSpore ``.ckpt`` files whose predictor tensors use DeFRCN's names (the MindSpore DeFRCN
 model keeps detectron2's parameter names; ``nn.Dense`` weights are [out, in] like ``nn.Linear``). As in the
 reference, optimizer state and training progress are dropped: the output holds only the model weights (a
-checkpoint written by ``src/engine/checkpoint.py`` lists its optimizer entries in ``optimizer_state_keys``).
+checkpoint written by ``src/checkpoint.py`` lists its optimizer entries in ``optimizer_state_keys``).
 
 Random init: new rows are drawn normal with std 0.01 for both ``cls_score`` and ``bbox_pred``, as DeFRCN's
 surgery script does (``torch.nn.init.normal_(new_weight, 0, 0.01)`` for every weight; not the 0.001 that
@@ -35,8 +35,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter
 
+from src.checkpoint import META_EPOCH, META_EXTRA_KEYS, META_OPTIMIZER_KEYS, META_STEP
 from src.data.few_shot import COCO_ALL_CLASSES, COCO_BASE_CLASSES, VOC_ALL_CLASSES, VOC_BASE_CLASSES
-from src.engine.checkpoint import META_EPOCH, META_EXTRA_KEYS, META_OPTIMIZER_KEYS, META_STEP
 from src.errors import InputError
 from src.fileio import atomic_output
 

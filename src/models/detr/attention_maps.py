@@ -31,7 +31,7 @@ class DetrAttentionNet(nn.Cell):
     """DETR and its post-process as one graph that also returns the attention weights.
 
     Args:
-        network: a ``src.models.detr.detr.DETR``.
+        network: a ``src.models.detr.model.DETR``.
         postprocess: ``src.models.detr.postprocess.PostProcess``.
 
     Inputs:

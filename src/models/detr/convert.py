@@ -14,7 +14,7 @@ Sources understood:
 
 Hugging Face and csm-kr keys are first renamed to the torch-hub names (as transformers' own
 ``convert_detr_original_pytorch_checkpoint_to_pytorch.py`` does in reverse), and torch-hub names then map to the
-MindSpore names of ``src.models.detr.detr.DETR`` (``backbone.0.body`` -> ``backbone.body``, LayerNorm
+MindSpore names of ``src.models.detr.model.DETR`` (``backbone.0.body`` -> ``backbone.body``, LayerNorm
 ``weight/bias`` -> ``gamma/beta``, ``query_embed.weight`` -> ``query_embed.embedding_table``). Layouts agree, so
 no tensor is transposed. Conversion is strict: it raises ``ConversionError`` listing every unmapped source key,
 every model parameter left without a value and every shape mismatch, and then writes nothing.
@@ -35,7 +35,7 @@ from src.convert_common import (
     load_torch_state_dict,
     save_checkpoint_atomic,
 )
-from src.models.detr.detr import build_detr
+from src.models.detr.model import build_detr
 
 __all__ = ["ConversionError", "IGNORED_SUFFIXES", "convert_detr_checkpoint", "hf_to_hub", "hub_to_mindspore_name",
            "infer_backbone", "is_hf_layout", "is_reimpl_layout", "load_source_state_dict", "map_to_model",

@@ -38,10 +38,10 @@ from typing import Dict
 
 import numpy as np
 
+from src.checkpoint_kind import MS5_SIGNATURE_KEYS as SIGNATURE_KEYS
+from src.checkpoint_kind import is_ms5_state
 from src.convert_common import ConversionError, assemble_params, cell_param_shapes, save_checkpoint_atomic
 
-# Keys only the model zoo's 5-scale network has; their presence identifies the format.
-SIGNATURE_KEYS = ("backbone.backbone.body.conv1.weight", "transformer.encoder.layers.0.linear_class.weight")
 FILLED = {"label_enc.embedding_table": "denoising label embedding (training only; the port has none): zeros"}
 
 _BN_LEAF = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -59,12 +59,6 @@ _LAYER_RENAMES = {
 }
 _SAME_NAME = re.compile(r"^transformer\.(alpha|enc_mask_predictor\..+|enc_output\..+|enc_output_norm\..+"
                         r"|tgt_embed\.embedding_table|decoder\.ref_point_head\..+|decoder\.norm\..+)$")
-
-
-def is_ms5_state(keys) -> bool:
-    """True when ``keys`` (parameter names of a checkpoint) are those of the model zoo's 5-scale Focus-DETR."""
-    keys = set(keys)
-    return all(k in keys for k in SIGNATURE_KEYS)
 
 
 def checkpoint_is_ms5(path) -> bool:

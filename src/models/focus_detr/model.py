@@ -286,7 +286,7 @@ class FocusDETR(nn.Cell):
 
     def features(self, image):
         """Neck levels of ``image`` (float32 ``[B, 3, H, W]``): a tuple of float32 ``[B, C, H_l, W_l]``, finest
-        first. Its own method so that unpadded inference (``src.engine.unpadded``) compiles it as one graph."""
+        first. Its own method so that unpadded inference (``src.evaluation.unpadded``) compiles it as one graph."""
         return self.neck(self.backbone(image))
 
     def construct(self, image, mask, tgt_boxes=None, tgt_labels=None, tgt_valid=None):

@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from src.engine.checkpoint import latest_checkpoint
+from src.checkpoint import latest_checkpoint
 from src.evaluation.few_shot_metrics import summarize_runs, write_summary
 from src.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("fsod", "gfsod")
 DATASETS = ("coco", "voc")
 SURGERY_METHOD = {"fsod": "remove", "gfsod": "randinit"}

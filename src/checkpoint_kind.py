@@ -15,6 +15,14 @@ CONVERT_HINT = "convert it first with tools/convert_weights.py"
 MODELS = ("DETR", "Focus-DETR", "DeFRCN")
 SHOWN_KEYS = 3
 """How many keys an error message lists (the rest are counted)."""
+MS5_SIGNATURE_KEYS = ("backbone.backbone.body.conv1.weight", "transformer.encoder.layers.0.linear_class.weight")
+"""Keys only the MindSpore model zoo's 5-scale Focus-DETR has; their presence identifies that format."""
+
+
+def is_ms5_state(keys: Iterable[str]) -> bool:
+    """True when ``keys`` (parameter names of a checkpoint) are those of the model zoo's 5-scale Focus-DETR."""
+    keys = set(keys)
+    return all(k in keys for k in MS5_SIGNATURE_KEYS)
 
 
 def _any_prefix(keys: Sequence[str], prefixes: Iterable[str]) -> bool:
@@ -24,8 +32,6 @@ def _any_prefix(keys: Sequence[str], prefixes: Iterable[str]) -> bool:
 def identify_checkpoint(keys: Iterable[str]) -> Optional[str]:
     """The model named by parameter ``keys``: ``'DETR'``, ``'Focus-DETR'``, ``'DeFRCN'``, a description of a file
     that needs conversion (the MindSpore model zoo's Focus-DETR, PyTorch names), or None when unknown."""
-    from src.models.focus_detr.convert_ms5 import is_ms5_state  # here: src.models imports src.engine
-
     keys = list(keys)
     if is_ms5_state(keys):
         return f"the MindSpore model zoo's 5-scale Focus-DETR ({CONVERT_HINT} --model focus_detr_ms5)"

@@ -29,7 +29,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn
 
-from src.engine.checkpoint_kind import SHOWN_KEYS, mismatch_message, some_keys
+from src.checkpoint_kind import SHOWN_KEYS, mismatch_message, some_keys
+from src.data.catalog import Catalog
 from src.errors import InputError
 from src.fileio import atomic_output
 
@@ -284,7 +285,7 @@ def load_pretrained(
         CheckpointNotFoundError (a FileNotFoundError): missing file.
         CheckpointFormatError (a ValueError): not a MindSpore checkpoint (a PyTorch file is named as such).
         CheckpointMismatchError (a KeyError): ``strict`` and some keys are missing or unexpected; the message
-            names the model the checkpoint belongs to (:mod:`src.engine.checkpoint_kind`) and a few keys.
+            names the model the checkpoint belongs to (:mod:`src.checkpoint_kind`) and a few keys.
         CheckpointShapeError (a ValueError): a key present on both sides has a different shape (always an
             error: names up to three keys, the checkpoint shape and the model shape), except
             for tolerated class heads.
@@ -325,8 +326,6 @@ def checkpoint_catalog(path: str | os.PathLike):
     Raises:
         FileNotFoundError: missing file. src.data.catalog.CatalogError: a malformed stored class list.
     """
-    from src.data.catalog import Catalog
-
     text = _load_dict(path).get(META_CATEGORIES)
     return Catalog.from_json(text, f"{path} ({META_CATEGORIES})") if isinstance(text, str) else None
 

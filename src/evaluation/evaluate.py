@@ -2,7 +2,7 @@
 
 :func:`evaluate_model` reads ``data.val_split`` through the one data road (``src.data.dataset.create_dataset``),
 runs the inference graph (network + post-process, detections in original-image pixels with dataset category
-ids; with ``eval.unpadded``, the default, each image at its own size, ``src.engine.unpadded``), and
+ids; with ``eval.unpadded``, the default, each image at its own size, ``src.evaluation.unpadded``), and
 :func:`score_detections` scores them with the metrics of the dataset format:
 
 * COCO-format datasets: the 12 COCOeval bbox stats over the catalog's classes (``src.data.catalog``), following
@@ -12,7 +12,7 @@ ids; with ``eval.unpadded``, the default, each image at its own size, ``src.engi
   VOC2007, as DeFRCN ``PascalVOCDetectionEvaluator``), AP over IoU 0.50:0.95 and AP75, per-class AP50, and for the
   DeFRCN VOC splits ``bAP50`` / ``nAP50`` (``src.evaluation.voc_evaluator``); ground truth from the XML files.
 
-With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.engine.pcb_eval``) before
+With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.models.defrcn.pcb_eval``) before
 they reach the evaluator. Difference: DeFRCN's overall COCO AP averages over every category of the annotation
 file; here it averages over the detector's classes (equal for the 80-class gFSOD detector; for base training or
 FSOD it equals bAP or nAP instead of being diluted by classes the detector cannot predict).
@@ -33,10 +33,10 @@ from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
 from src.data.sources import coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
-from src.engine.pcb_eval import build_pcb
-from src.engine.unpadded import unpadded_inference
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
+from src.evaluation.unpadded import unpadded_inference
 from src.evaluation.voc_evaluator import VocEvaluator
+from src.models.defrcn.pcb_eval import build_pcb
 from src.progress import track
 
 EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
@@ -69,7 +69,7 @@ class InferenceNet(nn.Cell):
 def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_images: int | None):
     """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch.
 
-    With ``eval.unpadded`` every image runs at its own size (:func:`src.engine.unpadded.unpadded_inference`);
+    With ``eval.unpadded`` every image runs at its own size (:func:`src.evaluation.unpadded.unpadded_inference`);
     otherwise batches are padded to the ``data.eval_pad_buckets``.
     """
     if cfg["eval"]["unpadded"] and cfg["eval"]["batch_size"] != 1:
@@ -140,7 +140,7 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
             appear are scored.
         output_dir: gets ``metrics.json`` (``{"bbox": stats, "num_images", "num_detections", "dataset",
             "classes", "split", "pcb", ...}``) and, for COCO, ``bbox_results.json``.
-        pcb: a :class:`src.engine.pcb_eval.PCBCalibrator` re-scoring each image first, or None.
+        pcb: a :class:`src.models.defrcn.pcb_eval.PCBCalibrator` re-scoring each image first, or None.
         logger: where the summary lines go (default: this module's logger).
 
     Returns:

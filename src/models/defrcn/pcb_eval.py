@@ -33,8 +33,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
+from src.checkpoint import load_pretrained
 from src.data.sources import detector_class_ids, detector_class_names, load_source
-from src.engine.checkpoint import load_pretrained
 from src.models.defrcn.pcb import (
     PCBFeatureExtractor,
     PrototypeCacheError,

@@ -19,7 +19,7 @@ Follows facebookresearch/detectron2 v0.3 as er-muyue/DeFRCN runs it (``defrcn/so
   (the earlier MindSpore port overwrote its warmup factor inside its loop and compounded it, and gave biases
   a constant lr).
 
-Schedule placement: like :class:`src.engine.lr_schedule.DetrAdamW`, the lr is computed inside the optimizer's
+Schedule placement: like :class:`src.engine.optim.adamw.DetrAdamW`, the lr is computed inside the optimizer's
 graph from its own update counter ``state_step`` (saved in every checkpoint), so no per-step table is needed
 and a resumed run continues the schedule exactly.
 
@@ -106,7 +106,7 @@ class WarmupMultiStepSGD(nn.Cell):
     Outputs:
         True (the updates are side effects on the parameters and ``momentum_buffer.*``).
 
-    State (checkpointed by :mod:`src.engine.checkpoint`): ``momentum_buffer.<param name>`` and ``state_step``
+    State (checkpointed by :mod:`src.checkpoint`): ``momentum_buffer.<param name>`` and ``state_step``
     (int32, updates applied so far, which is the 0-based iteration of the next update).
 
     Raises:
