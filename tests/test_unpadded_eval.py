@@ -14,7 +14,7 @@ import mindspore.graph.api as graph_api
 import numpy as np
 import pytest
 
-from src.config import load_config
+from src.config import ConfigError, load_config
 from src.data.dataset import create_dataset, select_bucket
 from src.evaluation.evaluate import InferenceNet, _predict
 from src.models import build_model
@@ -90,5 +90,5 @@ def test_default_eval_path_is_unpadded_with_bounded_compiles(name, shared_data, 
 def test_unpadded_needs_batch_one():
     cfg = load_config("configs/defrcn/defrcn_tiny_base_coco.yaml", ["eval.unpadded=true"])
     assert cfg["eval"]["batch_size"] == 2
-    with pytest.raises(ValueError, match="eval.batch_size is 2"):
+    with pytest.raises(ConfigError, match="eval.batch_size is 2"):
         next(_predict(None, cfg, "unused", "unused", None))

@@ -35,10 +35,10 @@ def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, 
     Args:
         image_rgb: uint8 [H, W, 3] RGB.
         data_cfg: the config's ``data`` section (eval resize and pad buckets).
-        unpadded: run the image at its resized size instead of padding it to a bucket.
         score_threshold: keep detections with score >= this.
         catalog: :class:`src.data.catalog.Catalog` naming the category ids (default: COCO 2017's); an id outside
             it is named ``class_<id>``.
+        unpadded: run the image at its resized size instead of padding it to a bucket.
 
     Returns:
         list of dicts ``{"bbox": [x, y, w, h] pixels, "score", "category_id", "category_name"}``, sorted by

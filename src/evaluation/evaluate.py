@@ -28,6 +28,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from src.config import ConfigError
 from src.data.catalog import build_catalog, coco_catalog
 from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
@@ -73,8 +74,8 @@ def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_i
     otherwise batches are padded to the ``data.eval_pad_buckets``.
     """
     if cfg["eval"]["unpadded"] and cfg["eval"]["batch_size"] != 1:
-        raise ValueError(f"eval.unpadded runs one image at a time; eval.batch_size is {cfg['eval']['batch_size']} "
-                         f"(set it to 1, or eval.unpadded to false for buckets)")
+        raise ConfigError(f"eval.unpadded runs one image at a time; eval.batch_size is {cfg['eval']['batch_size']} "
+                          f"(set it to 1, or eval.unpadded to false for buckets)")
     net.set_train(False)
     data_cfg = cfg["data"]
     if cfg["eval"]["unpadded"]:
@@ -120,7 +121,8 @@ def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str | None, m
         See :func:`score_detections`.
 
     Raises:
-        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message).
+        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message);
+        ``src.config.ConfigError`` for ``eval.unpadded`` with ``eval.batch_size`` other than 1.
     """
     if split is not None:
         cfg = {**cfg, "data": {**cfg["data"], "val_split": split}}
