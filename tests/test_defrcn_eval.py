@@ -158,7 +158,7 @@ def _feature(extractor, path, box):
 
 
 def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
-    from src.engine import pcb_eval
+    from src.models.defrcn import pcb_eval
     from src.models.defrcn.pcb_eval import PCBCalibrator
 
     root, tmp = pcb_setup

@@ -17,13 +17,13 @@ import pytest
 import torch
 from mindspore import nn, ops
 
+from src import checkpoint as ckpt_mod
 from src.checkpoint import (
     checkpoint_path,
     load_for_resume,
     load_pretrained,
     save_checkpoint,
 )
-from src.engine import checkpoint as ckpt_mod
 from src.engine.optim.adamw import DetrAdamW, build_optimizer, split_param_groups, step_lr
 from src.engine.train_step import TrainStep
 
