@@ -148,7 +148,7 @@ def plan_schedule(network, train_cfg: dict, steps_per_epoch: int, rank_size: int
     Raises:
         ValueError: an unknown ``train.optimizer``.
     """
-    kind = train_cfg.get("optimizer", "adamw")
+    kind = train_cfg["optimizer"]
     if kind == "adamw":
         epochs = int(train_cfg["epochs"])
         return Plan(build_optimizer(network, train_cfg, steps_per_epoch), epochs * steps_per_epoch, epochs,
