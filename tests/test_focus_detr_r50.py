@@ -83,8 +83,7 @@ def test_r50_4scale_forward_and_training_step(real_batch):
     assert (xyxy[..., 2] >= xyxy[..., 0]).all() and (xyxy[..., 3] >= xyxy[..., 1]).all()
 
     optimizer = build_optimizer(network, cfg["train"], steps_per_epoch=1)
-    step = TrainStep(network, detector.criterion, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"],
-                     loss_network=getattr(detector, "loss_network", None))
+    step = TrainStep(detector.train_network, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
     step.set_train(True)
     before = {p.name: p.asnumpy().copy() for p in network.get_parameters()}
     loss, loss_terms, grad_norm = step(*real_batch["net_inputs"], *real_batch["targets"])

@@ -28,7 +28,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None) -> list:
-    """Run ``net`` (an :class:`src.evaluation.evaluate.InferenceNet`) on one image.
+    """Run ``net`` (an :class:`src.models.contract.InferenceNet`) on one image.
 
     Args:
         image_rgb: uint8 [H, W, 3] RGB.
