@@ -16,14 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
-from src.checkpoint import checkpoint_catalog, load_pretrained
+from src.checkpoint import checkpoint_catalog
 from src.cli import run
 from src.config import load_config, save_config
 from src.data.catalog import build_catalog
 from src.engine.logger import setup_logger
-from src.evaluation.evaluate import InferenceNet, evaluate_model
+from src.evaluation.evaluate import evaluate_model
 from src.fileio import atomic_write_text, file_sha256
-from src.models import build_model
+from src.models import build_inference_net
 from src.runtime import DEVICE_TARGETS, init_context
 
 
@@ -65,9 +65,7 @@ def main(argv=None):
     save_config(cfg, output_dir / "config.yaml")
     # The classes the checkpoint was trained on (training stores them); converted weights: the dataset's.
     catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"], args.coco_path, "val")
-    detector = build_model(cfg, catalog=catalog)
-    load_pretrained(args.checkpoint, detector.network, strict=True)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = build_inference_net(cfg, args.checkpoint, catalog)
     mindrecord_dir = args.mindrecord_dir or str(checkpoint.parent / f"eval_{split}" / "mindrecord")
     stats = evaluate_model(net, cfg, args.coco_path, split, mindrecord_dir, output_dir, args.max_images, logger)
     add_provenance(output_dir / "metrics.json", checkpoint, cfg, split)

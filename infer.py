@@ -19,18 +19,17 @@ from pathlib import Path
 
 import cv2
 
-from src.checkpoint import checkpoint_catalog, load_pretrained
+from src.checkpoint import checkpoint_catalog
 from src.cli import run
 from src.config import load_config
 from src.data.catalog import build_catalog
 from src.engine.logger import setup_logger
 from src.engine.predict import load_image, predict
 from src.errors import InputError
-from src.evaluation.evaluate import InferenceNet
 from src.evaluation.unpadded import unpadded_inference
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
-from src.models import build_model
+from src.models import build_inference_net
 from src.models.detr.attention_maps import DetrAttentionNet, parse_point, write_attention_figures
 from src.progress import track
 from src.runtime import DEVICE_TARGETS, init_context
@@ -69,11 +68,8 @@ def main(argv=None):
     setup_logger(None, "infer")  # progress lines on the console
     # Detections are named from the classes the checkpoint was trained on (converted weights: the config's).
     catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"])
-    detector = build_model(cfg, catalog=catalog)
-    load_pretrained(args.checkpoint, detector.network, strict=True)
-    net = InferenceNet(detector.network, detector.postprocess)
-    net.set_train(False)
-    attention = DetrAttentionNet(detector.network, detector.postprocess) if args.attention else None
+    net = build_inference_net(cfg, args.checkpoint, catalog)
+    attention = DetrAttentionNet(net.network, net.postprocess) if args.attention else None
     unpadded = cfg["eval"]["unpadded"]
     if unpadded:  # each image at its own size (src/evaluation/unpadded.py); eval.unpadded=false pads to a bucket
         net = unpadded_inference(net, cfg["model"]["name"], eager=args.pynative)

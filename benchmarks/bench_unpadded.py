@@ -31,15 +31,14 @@ def worker(config: str, mode: str, num_images: int, root: str, overrides: list) 
     import mindspore.graph.api as graph_api
 
     from src.config import load_config
-    from src.evaluation.evaluate import InferenceNet, _predict
+    from src.evaluation.evaluate import _predict
     from src.models import build_model
     from src.runtime import init_context
 
     init_context("CPU")
     cfg = load_config(config, [*overrides, f"eval.unpadded={str(mode == 'unpadded').lower()}", "eval.batch_size=1"])
     ms.set_seed(0)
-    detector = build_model(cfg)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = build_model(cfg).inference_network
     jit_before = len(graph_api.ms_compile_cache)
     times = []
     with tempfile.TemporaryDirectory() as mindrecord:

@@ -28,10 +28,10 @@ from src.deploy.bin_io import (
     write_manifest,
     write_tensor,
 )
-from src.deploy.export import build_inference_net, example_inputs, export_graph
+from src.deploy.export import example_inputs, export_graph
 from src.deploy.pipeline import postprocess_results
 from src.evaluation.evaluate import evaluate_model
-from src.models import build_model
+from src.models import build_inference_net, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"

@@ -216,8 +216,8 @@ def test_default_eval_path_is_unpadded_and_matches_transformers(reference, conve
     from transformers import DetrForObjectDetection, DetrImageProcessor
 
     from src.data.dataset import create_dataset
-    from src.deploy.export import build_inference_net
     from src.evaluation.evaluate import _predict
+    from src.models import build_inference_net
 
     cfg = load_config(CONFIGS / "detr_r50.yaml", ["data.eval_size=224", "data.eval_max_size=320"])
     assert cfg["eval"]["unpadded"] is True

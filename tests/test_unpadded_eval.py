@@ -19,7 +19,7 @@ import pytest
 
 from src.config import ConfigError, load_config
 from src.data.dataset import create_dataset, select_bucket
-from src.evaluation.evaluate import InferenceNet, _predict
+from src.evaluation.evaluate import _predict
 from src.models import build_model
 from src.runtime import pynative_mode
 
@@ -56,8 +56,7 @@ def test_default_eval_path_is_unpadded_with_bounded_compiles(name, shared_data, 
     assert cfg["eval"]["unpadded"] is True
     root, mindrecord = str(shared_data / "coco_tiny"), str(tmp_path / "mr")
     ms.set_seed(0)
-    detector = build_model(cfg)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = build_model(cfg).inference_network
     net.set_train(False)
     inputs = _unpadded_inputs(cfg, root, mindrecord)
     assert len({image.shape for image, _ in inputs.values()}) == NUM_IMAGES  # three sizes
@@ -104,8 +103,8 @@ def test_infer_runs_each_image_at_its_own_size(shared_data, tmp_path):
     import infer
     from src.checkpoint import save_checkpoint
     from src.data.transforms import build_eval_transform
-    from src.deploy.export import build_inference_net
     from src.engine.predict import load_image
+    from src.models import build_inference_net
 
     config = "configs/detr/detr_tiny.yaml"
     cfg = load_config(config, ["eval.unpadded=true"])

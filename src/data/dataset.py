@@ -256,12 +256,12 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
     with ``data_cfg["mosaic_prob"] > 0``, zipped with three partner readers and mapped by
     ``src.data.mosaic.MosaicSampleTransform`` instead."""
     shuffle = is_training if shuffle is None else shuffle
-    workers = int(data_cfg.get("num_workers", 1))
+    workers = int(data_cfg["num_workers"])
     ds.config.set_seed(int(seed))
     num_padded = 0
     if not is_training and not shuffle and rank_size > 1 and max_images is None:
         num_padded = -num_images % rank_size
-    grouped = is_training and rank_size > 1 and data_cfg.get("mosaic_prob", 0.0) <= 0
+    grouped = is_training and rank_size > 1 and data_cfg["mosaic_prob"] <= 0
     step_buckets = None
     if num_padded:
         # Evaluation must see each image exactly once over all ranks; the default sharding would repeat
@@ -275,7 +275,7 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
         hw = np.array([[int(h), int(w)] for h, w in sizes.create_tuple_iterator(output_numpy=True, num_epochs=1)])
         hw = hw[:max_images] if max_images is not None else hw
         plan = plan_group_batches(orientation_groups(hw[:, 0], hw[:, 1]), batch_size, rank_id, rank_size, seed)
-        if data_cfg.get("fixed_size") is None:
+        if data_cfg["fixed_size"] is None:
             short, long = max(data_cfg["train_scales"]), int(data_cfg["train_max_size"])
             step_buckets = [group_bucket(g, short, long, data_cfg["train_pad_buckets"]) for g in plan.step_groups]
         dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS, num_parallel_workers=workers,
@@ -285,7 +285,7 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
                                  num_parallel_workers=workers,
                                  sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
     transform, columns = SampleTransform(is_training, data_cfg, seed, keep_orientation=grouped), RECORD_COLUMNS
-    if is_training and data_cfg.get("mosaic_prob", 0.0) > 0:
+    if is_training and data_cfg["mosaic_prob"] > 0:
         dataset, columns = add_mosaic_partners(dataset, files, RECORD_COLUMNS, max_images or num_images, workers,
                                                seed)
         transform = MosaicSampleTransform(transform, data_cfg["mosaic_prob"], data_cfg["mosaic_tile_size"])

@@ -29,7 +29,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None,
             unpadded: bool = False) -> list:
-    """Run ``net`` (an :class:`src.evaluation.evaluate.InferenceNet`, or with ``unpadded`` an
+    """Run ``net`` (an :class:`src.models.contract.InferenceNet`, or with ``unpadded`` an
     :class:`src.evaluation.unpadded.UnpaddedInference`) on one image.
 
     Args:

@@ -26,7 +26,6 @@ from typing import Iterable
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
 from src.config import ConfigError
 from src.data.catalog import build_catalog, coco_catalog
@@ -37,34 +36,11 @@ from src.data.voc import parse_split_spec, voc_file_id
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.unpadded import unpadded_inference
 from src.evaluation.voc_evaluator import VocEvaluator
+from src.models.contract import InferenceNet
 from src.models.defrcn.pcb_eval import build_pcb
 from src.progress import track
 
 EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
-
-
-class InferenceNet(nn.Cell):
-    """Network and post-process as one graph: what eval, infer and export run.
-
-    ``postprocess(*network(image, mask), orig_size)`` is the contract every model of the zoo follows.
-
-    Inputs:
-        image: float32 [B, 3, H, W], normalized, zero-padded; mask: bool [B, H, W], True on padding;
-        orig_size: int32 or float32 [B, 2], (height, width) of the original images in pixels.
-
-    Outputs:
-        scores float32 [B, Q]; labels int32 [B, Q] (category ids); boxes float32 [B, Q, 4], xyxy in
-        original-image pixels.
-    """
-
-    def __init__(self, network: nn.Cell, postprocess: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.network = network
-        self.postprocess = postprocess
-
-    def construct(self, image, mask, orig_size):
-        outputs = self.network(image, mask)
-        return self.postprocess(*outputs, orig_size.astype(ms.float32))
 
 
 def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_images: int | None):

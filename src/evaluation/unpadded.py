@@ -54,11 +54,11 @@ class _FocusFeatures(nn.Cell):
 
 
 def _compiled_parts(net: nn.Cell, model_name: str) -> list:
-    """``(cell, signature)`` of the parts of ``net`` (an :class:`src.evaluation.evaluate.InferenceNet`) to compile."""
+    """``(cell, signature)`` of the parts of ``net`` (an :class:`src.models.contract.InferenceNet`) to compile."""
     if model_name == "detr":
         return [(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]
     if model_name == "focus_detr":
-        focus = net.network.network  # FocusDETRWithImageMask -> FocusDETR
+        focus = net.network  # FocusDETR
         if not isinstance(focus.backbone, MultiLevelResNet):
             return []  # Swin's window padding uses Python integers: its dynamic-shape graph fails, so it runs eagerly
         features = _FocusFeatures(focus.backbone, focus.neck)
@@ -75,7 +75,7 @@ def _compiled_parts(net: nn.Cell, model_name: str) -> list:
 class UnpaddedInference:
     """An inference network that takes one image at its own size: ``(image, mask, orig_size) -> outputs``.
 
-    Wraps an :class:`src.evaluation.evaluate.InferenceNet` (weights loaded), compiling its size-independent parts as
+    Wraps an :class:`src.models.contract.InferenceNet` (weights loaded), compiling its size-independent parts as
     dynamic-shape graphs (see the module docstring); each call runs in PyNative mode (restored afterwards), so it
     also works in a process set to graph mode. The compiled graphs are built on the first call: evaluating N images
     of N sizes compiles 1 (DETR), 1 (Focus-DETR; 0 with Swin) or 4 (DeFRCN) graphs, whatever N. ``eager=True``
