@@ -5,7 +5,8 @@ its resized size; padding to a bucket changes the backbone's values near the rig
 DeFRCN, adds anchors in the padded area (issue 12). Graph mode compiles once per input shape, so running every COCO
 size (hundreds) as a static graph is not an option. :class:`UnpaddedInference` instead runs the inference network
 in PyNative mode with its size-independent parts compiled once as MindSpore dynamic-shape graphs (``Cell.set_inputs``
-with ``Tensor(shape=[1, 3, None, None])`` and ``mindspore.jit`` on the Cell's ``construct``):
+with ``Tensor(shape=[1, 3, None, None])`` and ``mindspore.jit`` on the Cell's ``construct``). Each model names those
+parts in its ``model.py`` (``unpadded_parts``, :mod:`src.models.contract`):
 
 * DETR: the whole network and post-process (one graph; its shapes follow H and W without Python integers).
 * Focus-DETR: the ResNet backbone and the neck (one graph, :meth:`src.models.focus_detr.model.FocusDETR.features`);
@@ -22,15 +23,10 @@ from __future__ import annotations
 import weakref
 
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
-from src.models.focus_detr.backbone import MultiLevelResNet
+from src.models import unpadded_parts
 from src.runtime import pynative_mode
-
-DYNAMIC_IMAGE = Tensor(shape=[1, 3, None, None], dtype=ms.float32)
-DYNAMIC_MASK = Tensor(shape=[1, None, None], dtype=ms.bool_)
-DYNAMIC_MAP = Tensor(shape=[1, None, None, None], dtype=ms.float32)
-ORIG_SIZE = Tensor(shape=[1, 2], dtype=ms.int32)
 
 
 def _compile_dynamic(cell: nn.Cell, *signature) -> None:
@@ -39,37 +35,6 @@ def _compile_dynamic(cell: nn.Cell, *signature) -> None:
     if signature:
         cell.set_inputs(*signature)
     cell.construct = ms.jit(cell.construct)
-
-
-class _FocusFeatures(nn.Cell):
-    """Focus-DETR's backbone + neck as one Cell (a tuple between two graphs would need a compile per shape)."""
-
-    def __init__(self, backbone: nn.Cell, neck: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.backbone = backbone
-        self.neck = neck
-
-    def construct(self, image):
-        return self.neck(self.backbone(image))
-
-
-def _compiled_parts(net: nn.Cell, model_name: str) -> list:
-    """``(cell, signature)`` of the parts of ``net`` (an :class:`src.models.contract.InferenceNet`) to compile."""
-    if model_name == "detr":
-        return [(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]
-    if model_name == "focus_detr":
-        focus = net.network  # FocusDETR
-        if not isinstance(focus.backbone, MultiLevelResNet):
-            return []  # Swin's window padding uses Python integers: its dynamic-shape graph fails, so it runs eagerly
-        features = _FocusFeatures(focus.backbone, focus.neck)
-        object.__setattr__(focus, "features", features)  # replaces the method for this instance, not a child Cell
-        return [(features, (DYNAMIC_IMAGE,))]
-    if model_name == "defrcn":
-        model = net.network.model  # DeFRCNNetwork -> DeFRCN
-        proposals = Tensor(shape=[1, model.proposal_generator.post_nms_topk_test, 4], dtype=ms.float32)
-        return [(model.backbone, (DYNAMIC_IMAGE,)), (model.proposal_generator.rpn_head, (DYNAMIC_MAP,)),
-                (model.roi_heads, (DYNAMIC_MAP, proposals)), (model.inference, ())]
-    raise ValueError(f"unpadded inference does not know model.name {model_name!r}")
 
 
 class UnpaddedInference:
@@ -102,7 +67,7 @@ class UnpaddedInference:
         self.net = net
         self.net.set_train(False)
         if not eager:
-            for cell, signature in _compiled_parts(net, model_name):
+            for cell, signature in unpadded_parts(model_name, net):
                 _compile_dynamic(cell, *signature)
 
     def __call__(self, image, mask, orig_size):

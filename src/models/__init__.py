@@ -15,7 +15,7 @@ from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.data.catalog import build_catalog, resolve_num_classes
 from src.models.contract import Detector, InferenceNet
 
-__all__ = ["MODELS", "Detector", "InferenceNet", "build_inference_net", "build_model"]
+__all__ = ["MODELS", "Detector", "InferenceNet", "build_inference_net", "build_model", "unpadded_parts"]
 
 MODELS = {
     "detr": "src.models.detr.model",
@@ -23,7 +23,29 @@ MODELS = {
     "defrcn": "src.models.defrcn.model",
 }
 """The registry: ``model.name`` -> the module whose ``build_detector(model_cfg, loss_cfg, catalog, distributed,
-seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``)."""
+seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``), and whose
+``unpadded_parts(inference_network)`` names the Cells unpadded evaluation compiles (:mod:`src.models.contract`)."""
+
+
+def model_module(name: str):
+    """The registered module of ``model.name`` ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered (lists the registered names).
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
+    return importlib.import_module(MODELS[name])
+
+
+def unpadded_parts(name: str, net: InferenceNet) -> list:
+    """``(cell, signature)`` of the Cells of ``net``, the inference network of model ``name``, that unpadded
+    evaluation compiles once as dynamic-shape graphs (the model's ``unpadded_parts``).
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    return model_module(name).unpadded_parts(net)
 
 
 def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
@@ -45,10 +67,7 @@ def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
         raise ValueError(f"model.num_classes={cfg['model']['num_classes']} is too small for the "
                          f"{len(catalog)} classes of {catalog.source} (ids up to {max(catalog.ids)}); set it to "
                          f"null to follow the dataset")
-    name = cfg["model"]["name"]
-    if name not in MODELS:
-        raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
-    build_detector = importlib.import_module(MODELS[name]).build_detector
+    build_detector = model_module(cfg["model"]["name"]).build_detector
     return build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
 
 
