@@ -7,21 +7,23 @@ Any COCO-format dataset (``data.dataset: coco``, its own categories) or VOC-form
 ``data.class_names``): the COCOeval table, or VOC AP50 / AP, over the dataset's classes. DeFRCN few-shot class
 sets: also bAP and nAP; VOC (``--coco_path`` is then the VOCdevkit): VOC2007 11-point AP50, nAP50 / bAP50 and
 per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores detections with PCB
-(support set: the config's few-shot split, ``data.shot`` / ``data.seed``). See ``src/evaluation/evaluate.py``.
+(support set: the config's few-shot split, ``data.shot`` / ``data.seed``). Each image is evaluated at its own size
+at batch 1 (``eval.unpadded``, the default, ``src/evaluation/unpadded.py``); ``--set eval.unpadded=false`` pads
+batches of ``eval.batch_size`` to the ``data.eval_pad_buckets``. See ``src/evaluation/evaluate.py``.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from src.checkpoint import checkpoint_catalog, load_pretrained
+from src.checkpoint import checkpoint_catalog
 from src.cli import run
 from src.config import load_config, save_config
 from src.data.catalog import build_catalog
 from src.engine.logger import setup_logger
-from src.evaluation.evaluate import InferenceNet, evaluate_model
+from src.evaluation.evaluate import evaluate_model
 from src.fileio import atomic_write_text, file_sha256
-from src.models import build_model
+from src.models import build_inference_net
 from src.runtime import DEVICE_TARGETS, init_context
 
 
@@ -63,9 +65,7 @@ def main(argv=None):
     save_config(cfg, output_dir / "config.yaml")
     # The classes the checkpoint was trained on (training stores them); converted weights: the dataset's.
     catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"], args.coco_path, "val")
-    detector = build_model(cfg, catalog=catalog)
-    load_pretrained(args.checkpoint, detector.network, strict=True)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = build_inference_net(cfg, args.checkpoint, catalog)
     mindrecord_dir = args.mindrecord_dir or str(checkpoint.parent / f"eval_{split}" / "mindrecord")
     stats = evaluate_model(net, cfg, args.coco_path, split, mindrecord_dir, output_dir, args.max_images, logger)
     add_provenance(output_dir / "metrics.json", checkpoint, cfg, split)

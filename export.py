@@ -22,12 +22,12 @@ from src.config import load_config
 from src.deploy.bin_io import DeployError
 from src.deploy.export import (
     EXTENSIONS,
-    build_inference_net,
     check_format,
     example_inputs,
     export_graph,
     resolve_image_size,
 )
+from src.models import build_inference_net
 from src.runtime import DEVICE_TARGETS, init_context
 
 

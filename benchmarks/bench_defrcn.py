@@ -75,7 +75,6 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
     from src.config import load_config
     from src.engine.optim.sgd import build_sgd, scale_schedule
     from src.engine.train_step import TrainStep
-    from src.evaluation.evaluate import InferenceNet
     from src.models import build_model
     from src.runtime import init_context
 
@@ -90,8 +89,7 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
     if train:
         train_cfg = cfg["train"]
         optimizer = build_sgd(detector.network, train_cfg, scale_schedule(train_cfg, batch))
-        step_cell = TrainStep(detector.network, None, optimizer, clip_max_norm=train_cfg["clip_max_norm"],
-                              loss_network=detector.loss_network)
+        step_cell = TrainStep(detector.train_network, optimizer, clip_max_norm=train_cfg["clip_max_norm"])
         step_cell.set_train(True)
         targets = [Tensor(t) for t in _targets(batch, height, width)]
 
@@ -99,7 +97,7 @@ def run_mindspore(train: bool, height: int, width: int, batch: int, depth: int, 
             loss, _, _ = step_cell(image, mask, *targets)
             loss.asnumpy()
     else:
-        net = InferenceNet(detector.network, detector.postprocess)
+        net = detector.inference_network
         net.set_train(False)
         orig_size = Tensor(np.tile(np.array([[height, width]], np.int32), (batch, 1)))
 

@@ -90,6 +90,7 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     from src.data.catalog import resolve_num_classes
     from src.engine.optim.adamw import build_optimizer
     from src.engine.train_step import TrainStep
+    from src.models.contract import NetWithCriterion
     from src.models.detr.criterion import build_criterion
     from src.models.detr.model import build_detr
     from src.runtime import init_context
@@ -105,7 +106,8 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     if train:
         criterion = build_criterion(model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"], **cfg["loss"])
         optimizer = build_optimizer(network, cfg["train"], steps_per_epoch=1000)
-        step_cell = TrainStep(network, criterion, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
+        step_cell = TrainStep(NetWithCriterion(network, criterion), optimizer,
+                              clip_max_norm=cfg["train"]["clip_max_norm"])
         step_cell.set_train(True)
         targets = [ms.Tensor(t) for t in _targets(batch, cfg["data"]["max_boxes"])]
 

@@ -5,10 +5,11 @@ It may name one parent with ``_base_: relative/path.yaml``; the child's keys are
 parent's, section by section. The parent must not itself have a ``_base_`` (one level only, like
 mindyolo's ``__BASE__`` and mmdetection's ``_base_`` used flat).
 
-Strictness: the keys of the merged config must all appear in ``configs/defaults.yaml`` (for the
-model family named by ``model.name``), so a typo is an error naming the key instead of a silently
-ignored setting. Overrides from the command line (``--set train.lr=2e-4``) follow the same rule and are
-also type-checked against the default (:func:`check_override_type`) before anything is built or written.
+Strictness: the keys of the merged config must all appear in ``configs/defaults.yaml`` (for the model family
+named by ``model.name``: the shared blocks it names, then its own sections; :func:`family_defaults`), so a typo is
+an error naming the key instead of a silently ignored setting. Overrides from the command line (``--set
+train.lr=2e-4``) follow the same rule and are also type-checked against the default (:func:`check_override_type`)
+before anything is built or written.
 """
 
 from __future__ import annotations
@@ -68,12 +69,46 @@ def _check_keys(cfg: dict, schema: dict, source: str, prefix: str = "") -> None:
             _check_keys(value, schema[key], source, dotted + ".")
 
 
-def _schema_for(cfg: dict) -> dict:
+SHARED = "shared"
+"""Top-level section of ``configs/defaults.yaml`` holding blocks of keys several model families share."""
+SHARED_BLOCKS = "shared_blocks"
+"""Key of a family in ``configs/defaults.yaml`` naming the shared blocks it takes."""
+
+
+def _add_block(schema: dict, block: dict, source: str, prefix: str = "") -> None:
+    for key, value in block.items():
+        if isinstance(value, dict) and isinstance(schema.get(key), dict):
+            _add_block(schema[key], value, source, f"{prefix}{key}.")
+        elif key in schema:
+            raise ConfigError(f"{DEFAULTS_FILE}: '{prefix}{key}' of {source} is already given by another block; "
+                              f"write each key once")
+        else:
+            schema[key] = copy.deepcopy(value)
+
+
+def family_defaults(name: str) -> dict:
+    """Every key of model family ``name`` with its default: its shared blocks, then its own sections.
+
+    Raises:
+        ConfigError: an unknown family, an unknown block, or a key written twice (in two blocks, or in a block and
+            the family).
+    """
     defaults = _read_yaml(DEFAULTS_FILE)
-    name = cfg.get("model", {}).get("name")
+    blocks = defaults.pop(SHARED, {})
     if name not in defaults:
         raise ConfigError(f"model.name must be one of {sorted(defaults)}, got {name!r}")
-    return defaults[name]
+    family = dict(defaults[name])
+    schema: dict = {}
+    for block in family.pop(SHARED_BLOCKS, []):
+        if block not in blocks:
+            raise ConfigError(f"{DEFAULTS_FILE}: {name} names an unknown shared block {block!r}")
+        _add_block(schema, blocks[block], f"block {block!r}")
+    _add_block(schema, family, name)
+    return schema
+
+
+def _schema_for(cfg: dict) -> dict:
+    return family_defaults(cfg.get("model", {}).get("name"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

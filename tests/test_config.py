@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import ConfigError, load_config, save_config
+from src import config as config_module
+from src.config import ConfigError, family_defaults, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -72,3 +73,17 @@ def test_save_round_trip(tmp_path):
     save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(tmp_path / "out" / "config.yaml") == cfg
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_defaults_write_each_key_once(tmp_path, monkeypatch):
+    for name in ("detr", "focus_detr", "defrcn"):
+        assert family_defaults(name)["model"]["name"] == name
+    detr, focus = family_defaults("detr"), family_defaults("focus_detr")
+    assert detr["data"] == focus["data"] and detr["data"]["resize_rounding"] == "detr"
+    assert family_defaults("defrcn")["data"]["max_boxes"] == detr["data"]["max_boxes"] == 100
+    twice = tmp_path / "defaults.yaml"
+    twice.write_text("shared:\n  all:\n    train: {seed: 1}\nx:\n  shared_blocks: [all]\n  model: {name: x}\n"
+                     "  train: {seed: 2}\n")
+    monkeypatch.setattr(config_module, "DEFAULTS_FILE", twice)
+    with pytest.raises(ConfigError, match=r"'train\.seed' of x is already given by another block"):
+        family_defaults("x")

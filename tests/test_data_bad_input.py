@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src.config import family_defaults
 from src.data import mindrecord as mr
 from src.data.catalog import CatalogError
 from src.data.coco import CocoFormatError, load_coco_split
@@ -17,7 +18,8 @@ from src.data.transforms import decode_image
 
 SOURCE = "val2017/000000532481.jpg"
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"}]
-DATA_CFG = {"max_boxes": 4, "eval_size": 64, "eval_max_size": 128, "eval_pad_buckets": [[128, 128]],
+DATA_CFG = {**family_defaults("detr")["data"],
+            "max_boxes": 4, "eval_size": 64, "eval_max_size": 128, "eval_pad_buckets": [[128, 128]],
             "train_scales": [64], "train_max_size": 128, "crop_scales": [64], "crop_min_size": 32,
             "crop_max_size": 48, "train_pad_buckets": [[128, 128]], "num_workers": 1,
             # the split "mini" with every image, as coco_split_source reads it (set coco_mini_all)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src.config import family_defaults
 from src.data.dataset import create_dataset
 from src.data.few_shot import FewShotSplitError, load_coco_few_shot, load_voc_few_shot
 from src.data.few_shot_sampling import write_coco_few_shot, write_voc_few_shot
@@ -30,7 +31,8 @@ COCO_NOVEL = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67
 VOC_ALL_SPLIT1 = ["aeroplane", "bicycle", "boat", "bottle", "car", "cat", "chair", "diningtable", "dog", "horse",
                   "person", "pottedplant", "sheep", "train", "tvmonitor", "bird", "bus", "cow", "motorbike", "sofa"]
 
-TINY = {"max_boxes": 100, "normalize": "caffe_bgr", "train_scales": [96, 128], "train_max_size": 160,
+TINY = {**family_defaults("defrcn")["data"],
+        "max_boxes": 100, "normalize": "caffe_bgr", "train_scales": [96, 128], "train_max_size": 160,
         "eval_size": 128, "eval_max_size": 160, "train_pad_buckets": [[160, 160]],
         "eval_pad_buckets": [[160, 160]], "num_workers": 1, "random_crop": False, "resize_rounding": "detectron2",
         "few_shot_root": "", "shot": 1, "seed": 0, "filter_empty": True, "voc_split": 1}
@@ -67,7 +69,7 @@ def test_detector_class_ids_against_published_lists():
     assert detector_class_ids(dict(voc, classes="base")) == detector_class_ids(dict(voc, classes="all"))[:15]
     assert detector_class_ids(dict(voc, classes="novel", voc_split=2)) == (1, 5, 10, 13, 18)
     assert detector_class_ids(dict(voc, classes="novel", voc_split=3)) == (4, 8, 14, 17, 18)
-    for bad in ({"dataset": "kitti"}, {"classes": "rare"}, {"dataset": "voc", "voc_split": 4}):
+    for bad in ({"dataset": "kitti"}, {"dataset": "coco", "classes": "rare"}, {"dataset": "voc", "voc_split": 4}):
         with pytest.raises(ValueError, match="data."):
             detector_class_ids(bad)
 

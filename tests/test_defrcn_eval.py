@@ -158,7 +158,7 @@ def _feature(extractor, path, box):
 
 
 def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
-    from src.engine import pcb_eval
+    from src.models.defrcn import pcb_eval
     from src.models.defrcn.pcb_eval import PCBCalibrator
 
     root, tmp = pcb_setup
@@ -220,12 +220,12 @@ def test_pcb_prototypes_calibration_gfsod_and_cache(pcb_setup, monkeypatch):
 
 def test_eval_switches_classifier_dropout_off(shared_data, tmp_path):
     """A network left in training mode is evaluated in eval mode: two runs agree exactly despite dropout 0.8."""
-    from src.evaluation.evaluate import InferenceNet, evaluate_model
+    from src.evaluation.evaluate import evaluate_model
     from src.models import build_model
 
     cfg = load_config(TINY, ["data.classes=novel", "model.cls_dropout=true"])
     detector = build_model(cfg)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = detector.inference_network
     runs = []
     for i in range(2):
         net.set_train(True)

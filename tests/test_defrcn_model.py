@@ -379,7 +379,7 @@ def test_gradient_decoupling_scales_backbone_gradients():
 
 
 def test_detector_postprocess_scales_clips_and_drops_empty():
-    from src.models.defrcn.model import DetectorPostprocess
+    from src.models.defrcn.postprocess import DetectorPostprocess
 
     boxes = np.array([[[10, 20, 30, 40], [150, 10, 170, 30], [50, 5, 50, 6], [5, 5, 6, 6]]], np.float32)
     valid = np.array([[True, True, True, False]])

@@ -1,6 +1,7 @@
 """DeFRCN through the zoo's training path: the model contract adapters, the shipped schedules, and real training.
 
-* The mask/target/label adapters of ``src/models/defrcn/detector.py`` against hand-made tensors.
+* The mask/target/label adapters (``src/ops/box_ops.py``, ``src/models/defrcn/losses.py``, ``postprocess.py``)
+  against hand-made tensors.
 * The shipped configs against DeFRCN's published configs (numbers written here from er-muyue/DeFRCN's YAML files).
 * The tiny config trained by the trainer on real coco_tiny images of the 60 base classes (graph mode, CPU) halves
   its loss; its checkpoint goes through ``tools/model_surgery.py`` (``remove``) into the tiny fine-tune config run
@@ -22,7 +23,9 @@ from src.checkpoint import checkpoint_arrays, load_pretrained
 from src.config import load_config
 from src.engine.trainer import TrainOptions, train
 from src.models import build_model
-from src.models.defrcn.detector import DeFRCNLossNetwork, DeFRCNPostprocess, image_sizes_from_mask
+from src.models.defrcn.losses import DeFRCNLossNetwork
+from src.models.defrcn.postprocess import DeFRCNPostprocess
+from src.ops.box_ops import image_sizes_from_mask
 from src.runtime import RuntimeInfo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,10 +28,10 @@ from src.deploy.bin_io import (
     write_manifest,
     write_tensor,
 )
-from src.deploy.export import build_inference_net, example_inputs, export_graph
+from src.deploy.export import example_inputs, export_graph
 from src.deploy.pipeline import postprocess_results
 from src.evaluation.evaluate import evaluate_model
-from src.models import build_model
+from src.models import build_inference_net, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/detr/detr_tiny.yaml"
@@ -51,7 +51,7 @@ def pipeline(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("deploy")
     coco = shared_data / "coco_tiny"
     ann_file = coco / "annotations" / "instances_val2017.json"
-    cfg = load_config(ROOT / TINY)
+    cfg = load_config(ROOT / TINY, ["eval.unpadded=false"])  # the exported graph's fixed bucket, as preprocess.py
     ms.set_seed(5)
     checkpoint = save_checkpoint(tmp / "tiny.ckpt", build_model(cfg).network)
     net = build_inference_net(cfg, checkpoint)

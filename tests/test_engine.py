@@ -17,15 +17,16 @@ import pytest
 import torch
 from mindspore import nn, ops
 
+from src import checkpoint as ckpt_mod
 from src.checkpoint import (
     checkpoint_path,
     load_for_resume,
     load_pretrained,
     save_checkpoint,
 )
-from src.engine import checkpoint as ckpt_mod
 from src.engine.optim.adamw import DetrAdamW, build_optimizer, split_param_groups, step_lr
 from src.engine.train_step import TrainStep
+from src.models.contract import NetWithCriterion
 
 NUM_CLASSES = 5
 NUM_QUERIES = 4
@@ -98,7 +99,7 @@ def params_np(cell):
 
 def make_train_step(net, clip=0.1, loss_scaler=None, steps_per_epoch=2, train_cfg=None):
     opt = build_optimizer(net, train_cfg or TRAIN_CFG, steps_per_epoch)
-    return TrainStep(net, TinyCriterion(), opt, clip_max_norm=clip, loss_scaler=loss_scaler), opt
+    return TrainStep(NetWithCriterion(net, TinyCriterion()), opt, clip_max_norm=clip, loss_scaler=loss_scaler), opt
 
 
 def test_train_step_reduces_loss_in_graph_mode():

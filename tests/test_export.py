@@ -37,7 +37,7 @@ R50_SMALL = ["data.eval_size=192", "data.eval_max_size=256", "data.eval_pad_buck
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random-init tiny DETR saved as a checkpoint, and its InferenceNet loaded back from that file."""
-    from src.deploy.export import build_inference_net
+    from src.models import build_inference_net
 
     folder = tmp_path_factory.mktemp("tiny")
     cfg = load_config(ROOT / TINY)
@@ -116,7 +116,7 @@ def test_mindir_graphcell_equals_inference_net_on_a_real_image(tiny, exported, r
 
 def test_focus_detr_mindir_through_the_cli_equals_inference_net(tmp_path, shared_data):
     from src.data.coco_classes import COCO_CATEGORY_NAMES
-    from src.deploy.export import build_inference_net
+    from src.models import build_inference_net
 
     cfg = load_config(ROOT / FOCUS_TINY)
     ms.set_seed(4)
@@ -139,12 +139,10 @@ def test_focus_detr_mindir_through_the_cli_equals_inference_net(tmp_path, shared
 
 
 def test_detr_r50_mindir_equals_inference_net(tmp_path, shared_data):
-    from src.evaluation.evaluate import InferenceNet
-
     cfg = load_config(ROOT / DETR_R50, R50_SMALL)
     ms.set_seed(6)
     detector = build_model(cfg)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = detector.inference_network
     net.set_train(False)
     height, width = resolve_image_size(cfg)
     path = export_graph(net, example_inputs(height, width), tmp_path / "detr_r50", "MINDIR")

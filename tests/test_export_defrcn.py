@@ -32,7 +32,7 @@ TINY = "configs/defrcn/defrcn_tiny_base_coco.yaml"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Checkpoint of a random-init tiny DeFRCN, its MINDIR (via export.py's main) and the reloaded InferenceNet."""
-    from src.deploy.export import build_inference_net
+    from src.models import build_inference_net
 
     folder = tmp_path_factory.mktemp("defrcn_export")
     cfg = load_config(ROOT / TINY)

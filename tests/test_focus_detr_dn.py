@@ -265,12 +265,11 @@ def test_tiny_config_trains_without_denoising(shared_data):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_seed(0)
     detector = build_model(load_config(TINY, ["model.dn_number=0", "model.num_queries=10"]))
-    assert isinstance(detector.loss_network, FocusDETRWithLoss)
+    assert isinstance(detector.train_network, FocusDETRWithLoss)
     batch = _coco_tiny_batch(shared_data / "coco_tiny")
     # Plain Adam: a parameter without gradient stays put (no weight decay).
     optimizer = nn.Adam(detector.network.trainable_params(), learning_rate=2e-3)
-    train_step = TrainStep(detector.network, detector.criterion, optimizer, clip_max_norm=0.1,
-                           loss_network=detector.loss_network)
+    train_step = TrainStep(detector.train_network, optimizer, clip_max_norm=0.1)
     train_step.set_train(True)
     params = {p.name: p for p in detector.network.get_parameters()}
     label_enc, head = params["label_enc.embedding_table"], params["class_embed.1.weight"]

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from src.checkpoint import load_pretrained
-from src.config import load_config
+from src.config import family_defaults, load_config
 from src.convert_common import ConversionError, cell_param_shapes
 from src.data.transforms import build_eval_transform
 from src.engine.predict import load_image
@@ -53,7 +53,7 @@ CONFIG = ROOT / "configs" / "focus_detr" / "focus_detr_r50_5scale_mindspore_zoo.
 SMALL = ["model.enc_layers=2", "model.dec_layers=2", "model.feedforward_dim=256", "model.num_queries=100",
          "model.dn_number=0"]
 IMAGE = "coco_tiny/val2017/000000005001.jpg"  # the first image eval.py --max_images 1 reads
-EVAL_SIZE = {"eval_size": 224, "eval_max_size": 320}
+EVAL_SIZE = {**family_defaults("focus_detr")["data"], "eval_size": 224, "eval_max_size": 320}
 
 
 def port_weight(name: str, shape) -> np.ndarray:

@@ -19,7 +19,7 @@ from mindspore import Tensor, nn
 from transformers import DeformableDetrConfig
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoder
 
-from src.config import load_config
+from src.config import family_defaults, load_config
 from src.data.catalog import resolve_num_classes
 from src.data.coco import image_dir, load_coco_split
 from src.data.dataset import BatchPadder
@@ -46,7 +46,8 @@ def real_batch(shared_data):
     record = next(r for r in records if (r.iscrowd == 0).sum() >= 2)
     rgb = load_image(image_dir(coco, "train2017") / record.file_name)
     boxes, labels = prepare_target(record.boxes, record.category_ids, record.iscrowd, record.height, record.width)
-    transform = build_eval_transform({"eval_size": 240, "eval_max_size": PAD[1], "normalize": "imagenet_rgb"})
+    transform = build_eval_transform({**family_defaults("focus_detr")["data"], "eval_size": 240,
+                                      "eval_max_size": PAD[1]})
     image, cxcywh, labels = transform(rgb, boxes, labels, None)
     padded = BatchPadder([PAD], MAX_BOXES)([image], [cxcywh], [labels], [record.image_id],
                                           [np.array([record.height, record.width])], [np.array(image.shape[1:])])
@@ -82,8 +83,7 @@ def test_r50_4scale_forward_and_training_step(real_batch):
     assert (xyxy[..., 2] >= xyxy[..., 0]).all() and (xyxy[..., 3] >= xyxy[..., 1]).all()
 
     optimizer = build_optimizer(network, cfg["train"], steps_per_epoch=1)
-    step = TrainStep(network, detector.criterion, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"],
-                     loss_network=getattr(detector, "loss_network", None))
+    step = TrainStep(detector.train_network, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
     step.set_train(True)
     before = {p.name: p.asnumpy().copy() for p in network.get_parameters()}
     loss, loss_terms, grad_norm = step(*real_batch["net_inputs"], *real_batch["targets"])

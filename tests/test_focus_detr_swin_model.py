@@ -34,7 +34,7 @@ def test_tiny_swin_t_focus_detr_runs_forward_on_real_images(shared_data):
     ms.set_seed(0)
     cfg = load_config(CONFIGS / "focus_detr_tiny.yaml", ["model.backbone=swin_t", "model.num_queries=10"])
     detector = build_model(cfg)
-    network = detector.network.network
+    network = detector.network
     names = {p.name: tuple(p.shape) for p in network.get_parameters()}
     # The detrex Swin-T keys, unchanged (detectron2 SwinTransformer, out_indices (1, 2, 3)).
     assert names["backbone.layers.2.blocks.5.attn.qkv.weight"] == (1152, 384)
@@ -53,7 +53,7 @@ def test_tiny_swin_t_focus_detr_runs_forward_on_real_images(shared_data):
     feats = network.backbone(image)
     levels = [(-(-PAD_HW[0] // s), -(-PAD_HW[1] // s)) for s in (8, 16, 32, 64)]
     assert [tuple(f.shape) for f in feats] == [(2, c, h, w) for c, (h, w) in zip((192, 384, 768), levels)]
-    logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten, image_mask = detector.network(image, mask)
+    logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten = detector.network(image, mask)
     assert logits.shape == (2, 2, 10, 80) and boxes.shape == (2, 2, 10, 4)
     assert enc_logits.shape == (2, 10, 80) and enc_boxes.shape == (2, 10, 4)
     assert fg_logits.shape == (2, sum(h * w for h, w in levels)) == mask_flatten.shape
@@ -62,6 +62,6 @@ def test_tiny_swin_t_focus_detr_runs_forward_on_real_images(shared_data):
     assert boxes.asnumpy().min() >= 0.0 and boxes.asnumpy().max() <= 1.0
     assert not np.allclose(logits.asnumpy()[-1, 0], logits.asnumpy()[-1, 1])
     scores, labels, _ = detector.postprocess(logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten,
-                                             image_mask, ms.Tensor(np.array([[480, 640], [427, 640]], np.float32)))
+                                             ms.Tensor(np.array([[480, 640], [427, 640]], np.float32)))
     assert scores.shape == (2, cfg["model"]["num_select"]) and np.isfinite(scores.asnumpy()).all()
     assert labels.asnumpy().min() >= 1

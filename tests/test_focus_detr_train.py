@@ -20,7 +20,7 @@ from src.checkpoint import load_pretrained
 from src.config import load_config
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.engine.trainer import TrainOptions, train
-from src.evaluation.evaluate import InferenceNet, evaluate_model
+from src.evaluation.evaluate import evaluate_model
 from src.models import build_model
 from src.models.focus_detr.criterion import build_criterion
 from src.ops.matcher import HungarianMatcher
@@ -199,7 +199,7 @@ def test_focal_matcher_equals_scipy_on_the_focal_cost():
 def test_empty_targets_give_zero_box_losses_and_a_finite_focal_loss():
     empty = tuple(np.zeros_like(x) for x in _targets())
     outs, tensors = _criterion_inputs(5, empty)
-    loss, terms = build_criterion()(*tensors)
+    loss, terms = build_criterion()(tuple(tensors[:6]), *tensors[6:])
     terms = terms.asnumpy()
     assert np.isfinite(loss.asnumpy()) and np.isfinite(terms).all()
     assert terms[1] == 0.0 and terms[2] == 0.0
@@ -216,7 +216,7 @@ def test_loss_terms_and_total_match_a_torch_transcription():
     contiguous = np.vectorize(lambda c: coco_ids.index(c) if c in COCO_CATEGORY_NAMES else 0)(tgt_labels)
     num_boxes = float(tgt_valid.sum())
 
-    loss, terms = build_criterion()(*tensors)
+    loss, terms = build_criterion()(tuple(tensors[:6]), *tensors[6:])
     sets = [(logits[i], boxes[i]) for i in range(len(logits))] + [(enc_logits, enc_boxes)]
     per_set = [_torch_set_losses(lg, bx, tgt_boxes, contiguous, tgt_valid, num_boxes) for lg, bx in sets]
     np.testing.assert_allclose(terms.asnumpy(), per_set[-2], rtol=1e-4)
@@ -224,7 +224,7 @@ def test_loss_terms_and_total_match_a_torch_transcription():
     expected = sum(float(np.dot(t, [1.0, 5.0, 2.0])) for t in per_set) + 1.5 * select
     np.testing.assert_allclose(loss.asnumpy(), expected, rtol=1e-4)
     # Without auxiliary losses only the final layer and the foreground supervision remain.
-    loss_final, _ = build_criterion(aux_loss=False)(*tensors)
+    loss_final, _ = build_criterion(aux_loss=False)(tuple(tensors[:6]), *tensors[6:])
     np.testing.assert_allclose(loss_final.asnumpy(), float(np.dot(per_set[-2], [1.0, 5.0, 2.0])) + 1.5 * select,
                                rtol=1e-4)
 
@@ -253,7 +253,7 @@ def test_inference_graph_returns_raw_coco_category_ids(trained_tiny, shared_data
     cfg, result, tmp_path = trained_tiny
     detector = build_model(cfg)
     load_pretrained(result["checkpoint"], detector.network, strict=True)
-    net = InferenceNet(detector.network, detector.postprocess)
+    net = detector.inference_network
     stats = evaluate_model(net, cfg, str(shared_data / "coco_tiny"), "train2017", str(tmp_path / "mr"),
                            output_dir=tmp_path / "eval", max_images=2)
     assert all(np.isfinite(v) for v in stats.values())

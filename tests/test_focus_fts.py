@@ -6,9 +6,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mindspore import Tensor, nn, ops
+from mindspore.common.initializer import Uniform, initializer
 
 from src.models.focus_detr.fts import (
-    ForegroundTokenSelector,
+    CASCADE_RATIOS,
+    FOCUS_RHO,
+    MaskPredictor,
     fcos_foreground_labels,
     select_foreground_tokens,
     top_down_foreground_scores,
@@ -17,6 +20,24 @@ from src.models.focus_detr.fts import (
 )
 
 SHAPES = ((8, 8), (4, 4), (2, 2), (1, 1))
+
+
+class ForegroundTokenSelector(nn.Cell):
+    """The FTS parameters (``alpha`` ``[L-1]``, U(-0.3, 0.3), and the ``enc_mask_predictor``) with scoring and
+    cascade selection, as the full model's transformer runs them; outputs ``(scores [B, N], indices [B, k_0],
+    layer_valid, focus_nums [B])``."""
+
+    def __init__(self, embed_dim, spatial_shapes, rho=FOCUS_RHO, cascade=CASCADE_RATIOS):
+        super().__init__()
+        self.spatial_shapes, self.rho, self.cascade = tuple(spatial_shapes), rho, tuple(cascade)
+        self.alpha = ms.Parameter(initializer(Uniform(0.3), (len(spatial_shapes) - 1,), ms.float32), name="alpha")
+        self.enc_mask_predictor = MaskPredictor(embed_dim, embed_dim, True)
+
+    def construct(self, memory, padding_mask):
+        scores = top_down_foreground_scores(memory, padding_mask, self.spatial_shapes, self.enc_mask_predictor,
+                                            self.alpha)
+        indices, layer_valid, focus = select_foreground_tokens(scores, padding_mask, self.rho, self.cascade)
+        return scores, indices, layer_valid, focus
 
 
 class _Upsample(nn.Cell):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mindspore import Tensor, nn
 
-from src.ops.anchors import AnchorGenerator, grid_anchors
+from src.ops.anchors import grid_anchors
 from src.ops.box_coder import ROI_WEIGHTS, RPN_WEIGHTS, decode_boxes, encode_boxes
 from src.ops.nms import NMS, BatchedNMS
 from src.ops.roi_align import ROIAlignV2
@@ -23,7 +23,7 @@ RATIOS = (0.5, 1.0, 2.0)
 @pytest.mark.parametrize("offset", [0.0, 0.5])
 def test_anchors_at_known_positions(offset):
     height, width, stride = 5, 7, 16
-    anchors = AnchorGenerator(SIZES, RATIOS, stride, offset)((height, width))
+    anchors = grid_anchors((height, width), stride, offset, SIZES, RATIOS)
     assert anchors.shape == (height * width * 15, 4) and anchors.dtype == np.float32
     for y, x, s_idx, r_idx in [(0, 0, 0, 0), (0, 6, 2, 1), (4, 3, 4, 2), (2, 5, 1, 0), (4, 6, 3, 1)]:
         size, ratio = SIZES[s_idx], RATIOS[r_idx]

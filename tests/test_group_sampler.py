@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 
+from src.config import family_defaults
 from src.data.dataset import create_dataset
 from src.data.group_sampler import LANDSCAPE, PORTRAIT, group_bucket, orientation_groups, plan_group_batches
 
 # The detr_r50 bucket layout (landscape, portrait, square) scaled down so the test decodes small images; random
 # crop and flip on, as in the R50 recipe.
-DATA_CFG = {"max_boxes": 64, "train_scales": [64, 80, 96], "train_max_size": 160, "crop_scales": [80, 100],
+DATA_CFG = {**family_defaults("detr")["data"],
+            "max_boxes": 64, "train_scales": [64, 80, 96], "train_max_size": 160, "crop_scales": [80, 100],
             "crop_min_size": 48, "crop_max_size": 72, "eval_size": 64, "eval_max_size": 128,
             "train_pad_buckets": [[96, 160], [160, 96], [160, 160]],
             "eval_pad_buckets": [[64, 128], [128, 64], [128, 128]], "num_workers": 2,

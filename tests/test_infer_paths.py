@@ -79,9 +79,8 @@ def test_infer_writes_the_planned_names_and_keeps_inputs(tmp_path, images, monke
     # inference runs in test_train_e2e.
     detection = {"bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.9, "category_id": 1, "category_name": "person"}
     monkeypatch.setattr(infer, "checkpoint_catalog", lambda path: None)  # the config's (COCO) classes
-    monkeypatch.setattr(infer, "build_model", lambda cfg, catalog: SimpleNamespace(network=None, postprocess=None))
-    monkeypatch.setattr(infer, "load_pretrained", lambda path, network, strict: ([], []))
-    monkeypatch.setattr(infer, "InferenceNet", lambda network, postprocess: SimpleNamespace(set_train=bool))
+    monkeypatch.setattr(infer, "build_inference_net",
+                        lambda cfg, path, catalog: SimpleNamespace(network=None, postprocess=None))
     monkeypatch.setattr(infer, "predict", lambda net, image, data_cfg, threshold, catalog: [detection])
     out = tmp_path / "out"
     inside = _link(out / "cat.jpg", images[0])  # its drawing would be out/cat.jpg

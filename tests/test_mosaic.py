@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.config import load_config
+from src.config import family_defaults, load_config
 from src.data.dataset import create_dataset
 from src.data.mosaic import MosaicSampleTransform, mosaic, random_tile_crop
 from src.data.transforms import FixedResize, build_eval_transform, prepare_target
@@ -121,7 +121,8 @@ def test_bad_mosaic_and_fixed_size_keys_are_refused():
 
 def test_fixed_size_eval_transform_scales_boxes_to_the_fixed_size(val_images):
     rgb, boxes, labels = val_images[1]  # 640x424
-    data_cfg = {"eval_size": 800, "eval_max_size": 1333, "fixed_size": [96, 128]}
+    data_cfg = {**family_defaults("detr")["data"], "eval_size": 800, "eval_max_size": 1333,
+                "fixed_size": [96, 128]}
     image, cxcywh, _ = build_eval_transform(data_cfg)(rgb, boxes, labels, None)
     assert image.shape == (3, 96, 128)
     # Normalized boxes do not depend on the output size: (218.53 + 483.62) / 2 / 640 etc.

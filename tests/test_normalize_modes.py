@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from src.config import family_defaults
 from src.data.dataset import SampleTransform
 from src.data.transforms import Normalize, build_eval_transform, build_train_transform
 
@@ -40,7 +41,8 @@ def test_unknown_mode_is_rejected():
 
 
 def test_builders_and_sample_transform_pass_the_mode_through():
-    data_cfg = {"eval_size": 5, "eval_max_size": 100, "train_scales": [5], "train_max_size": 100,
+    data_cfg = {**family_defaults("detr")["data"], "eval_size": 5, "eval_max_size": 100, "train_scales": [5],
+                "train_max_size": 100,
                 "crop_scales": [5], "crop_min_size": 3, "crop_max_size": 5}
     image = _image()
     no_boxes, no_labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)

@@ -159,7 +159,7 @@ def _make(seed=0):
            "warmup_factor": 0.001, "warmup_method": "linear"}
     schedule = scale_schedule({**TRAIN, "max_iter": 10, "steps": [4, 7], "warmup_iters": 3}, 16)
     opt = build_sgd(net, cfg, schedule)
-    step = TrainStep(None, None, opt, loss_network=net)
+    step = TrainStep(net, opt)
     step.set_train(True)
     return net, opt, step
 

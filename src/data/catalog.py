@@ -174,7 +174,7 @@ def build_catalog(data_cfg: dict, root=None, which: str = "train") -> Catalog:
     """
     from src.data.sources import coco_split_paths, detector_class_ids, detector_class_names
 
-    dataset, classes = data_cfg.get("dataset", "coco"), data_cfg.get("classes", "all")
+    dataset, classes = data_cfg["dataset"], data_cfg.get("classes", "all")
     if dataset == "voc":
         names = voc_class_names(data_cfg)
         if classes == "all" and (data_cfg.get("class_names") is not None or "voc_split" not in data_cfg):

@@ -15,7 +15,8 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
   (h, w) after resizing, before padding.
 
 Each batch is padded to the smallest (by area) bucket of ``data_cfg['train_pad_buckets']`` /
-``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket.
+``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket; ``eval_pad_buckets``
+None pads an evaluation batch to its own largest size only (at batch 1: no padding, ``src.evaluation.unpadded``).
 
 Training drops the last incomplete batch. Evaluation keeps every image: an incomplete last batch is filled up
 to ``batch_size`` with dummy rows (``image_id`` -1, zero image, mask False, no valid targets, sizes equal
@@ -140,11 +141,13 @@ class BatchPadder:
 
     With ``step_buckets`` (distributed training), batch ``k`` of the epoch is padded to ``step_buckets[k]``,
     the bucket of its orientation group, identical on every rank, instead of the smallest that fits it.
+    With ``buckets`` None the batch is padded to its largest height and width only (detr's own rule), so a batch of
+    one image keeps the image's size (unpadded evaluation, ``eval.unpadded``).
     """
 
-    def __init__(self, buckets: Sequence[Sequence[int]], max_boxes: int, batch_size: Optional[int] = None,
+    def __init__(self, buckets: Optional[Sequence[Sequence[int]]], max_boxes: int, batch_size: Optional[int] = None,
                  step_buckets: Optional[Sequence[Sequence[int]]] = None):
-        self.buckets = [tuple(int(v) for v in b) for b in buckets]
+        self.buckets = None if buckets is None else [tuple(int(v) for v in b) for b in buckets]
         self.max_boxes = int(max_boxes)
         self.batch_size = batch_size
         self.step_buckets = step_buckets
@@ -154,7 +157,9 @@ class BatchPadder:
         n = len(images)
         rows = max(n, self.batch_size or n)
         sizes = [im.shape[1:] for im in images]
-        if self.step_buckets is None:
+        if self.buckets is None:
+            height, width = max(int(size[0]) for size in sizes), max(int(size[1]) for size in sizes)
+        elif self.step_buckets is None:
             height, width = select_bucket(sizes, self.buckets, image_ids)
         else:
             height, width = self.step_buckets[batch_info.get_batch_num()]
@@ -251,12 +256,12 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
     with ``data_cfg["mosaic_prob"] > 0``, zipped with three partner readers and mapped by
     ``src.data.mosaic.MosaicSampleTransform`` instead."""
     shuffle = is_training if shuffle is None else shuffle
-    workers = int(data_cfg.get("num_workers", 1))
+    workers = int(data_cfg["num_workers"])
     ds.config.set_seed(int(seed))
     num_padded = 0
     if not is_training and not shuffle and rank_size > 1 and max_images is None:
         num_padded = -num_images % rank_size
-    grouped = is_training and rank_size > 1 and data_cfg.get("mosaic_prob", 0.0) <= 0
+    grouped = is_training and rank_size > 1 and data_cfg["mosaic_prob"] <= 0
     step_buckets = None
     if num_padded:
         # Evaluation must see each image exactly once over all ranks; the default sharding would repeat
@@ -270,7 +275,7 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
         hw = np.array([[int(h), int(w)] for h, w in sizes.create_tuple_iterator(output_numpy=True, num_epochs=1)])
         hw = hw[:max_images] if max_images is not None else hw
         plan = plan_group_batches(orientation_groups(hw[:, 0], hw[:, 1]), batch_size, rank_id, rank_size, seed)
-        if data_cfg.get("fixed_size") is None:
+        if data_cfg["fixed_size"] is None:
             short, long = max(data_cfg["train_scales"]), int(data_cfg["train_max_size"])
             step_buckets = [group_bucket(g, short, long, data_cfg["train_pad_buckets"]) for g in plan.step_groups]
         dataset = ds.MindDataset([str(f) for f in files], columns_list=RECORD_COLUMNS, num_parallel_workers=workers,
@@ -280,7 +285,7 @@ def _pipeline(files, num_images: int, is_training: bool, batch_size: int, data_c
                                  num_parallel_workers=workers,
                                  sampler=_make_sampler(shuffle, rank_id, rank_size, max_images))
     transform, columns = SampleTransform(is_training, data_cfg, seed, keep_orientation=grouped), RECORD_COLUMNS
-    if is_training and data_cfg.get("mosaic_prob", 0.0) > 0:
+    if is_training and data_cfg["mosaic_prob"] > 0:
         dataset, columns = add_mosaic_partners(dataset, files, RECORD_COLUMNS, max_images or num_images, workers,
                                                seed)
         transform = MosaicSampleTransform(transform, data_cfg["mosaic_prob"], data_cfg["mosaic_tile_size"])

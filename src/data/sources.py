@@ -71,7 +71,7 @@ def voc_class_id(name: str) -> int:
 
 
 def _dataset(data_cfg: dict) -> str:
-    dataset = data_cfg.get("dataset", "coco")
+    dataset = data_cfg["dataset"]
     if dataset not in DATASETS:
         raise ValueError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
     return dataset
@@ -472,7 +472,7 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     catalog = build_catalog(data_cfg, root, which)
     split = str(data_cfg[f"{which}_split"])
     few_shot = which == "train" and bool(data_cfg.get("few_shot_root"))
-    filter_empty = which == "train" and bool(data_cfg.get("filter_empty", True))
+    filter_empty = which == "train" and bool(data_cfg["filter_empty"])
     suffix = "_nonempty" if filter_empty else ""
     if few_shot:
         split_root = few_shot_root_path(root, data_cfg["few_shot_root"])

@@ -334,19 +334,9 @@ class Normalize:
         return out, cxcywh.astype(np.float32).reshape(-1, 4), labels
 
 
-def _normalize_mode(data_cfg: dict) -> str:
-    # Configs always carry data.normalize (configs/defaults.yaml); hand-made test dicts may omit it.
-    return data_cfg.get("normalize", "imagenet_rgb")
-
-
-def _rounding(data_cfg: dict) -> str:
-    # DETR-family configs have no data.resize_rounding key and keep DETR's rule.
-    return data_cfg.get("resize_rounding", "detr")
-
-
 def _fixed_size(data_cfg: dict) -> list:
     # data.fixed_size: null (default) or [h, w]; when set, every image ends at exactly that size.
-    size = data_cfg.get("fixed_size")
+    size = data_cfg["fixed_size"]
     return [] if size is None else [FixedResize(size)]
 
 
@@ -356,8 +346,8 @@ def build_train_transform(data_cfg: dict, keep_orientation: bool = False) -> Com
     With ``data_cfg["random_crop"]`` False (DeFRCN) there is no crop branch: detectron2's training
     augmentation, ``ResizeShortestEdge(train_scales, train_max_size, "choice")`` then a horizontal flip with
     probability 0.5 (detectron2 ``build_augmentation``). Uses the keys train_scales, train_max_size,
-    crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop (default True), hflip_prob
-    (probability of the flip, default 0.5), resize_rounding (``RESIZE_ROUNDINGS``, default detr) and normalize
+    crop_scales / crop_min_size / crop_max_size (crop branch only), random_crop, hflip_prob
+    (probability of the flip), resize_rounding (``RESIZE_ROUNDINGS``) and normalize
     (a ``NORMALIZE_MODES`` entry). With
     ``data_cfg["fixed_size"]`` = [h, w] a :class:`FixedResize` ends the geometric part, as csm-kr/detr_pytorch
     appends ``Resize((1024, 1024))`` to DETR's augmentation. ``keep_orientation`` is passed to
@@ -365,11 +355,11 @@ def build_train_transform(data_cfg: dict, keep_orientation: bool = False) -> Com
     """
     scales = data_cfg["train_scales"]
     max_size = data_cfg["train_max_size"]
-    rounding = _rounding(data_cfg)
-    flip = RandomHorizontalFlip(float(data_cfg.get("hflip_prob", 0.5)))
-    if not data_cfg.get("random_crop", True):
+    rounding = data_cfg["resize_rounding"]
+    flip = RandomHorizontalFlip(float(data_cfg["hflip_prob"]))
+    if not data_cfg["random_crop"]:
         return Compose([RandomResize(scales, max_size=max_size, rounding=rounding), flip,
-                        *_fixed_size(data_cfg), Normalize(normalize=_normalize_mode(data_cfg))])
+                        *_fixed_size(data_cfg), Normalize(normalize=data_cfg["normalize"])])
     return Compose([
         flip,
         RandomSelect(
@@ -381,7 +371,7 @@ def build_train_transform(data_cfg: dict, keep_orientation: bool = False) -> Com
             ]),
         ),
         *_fixed_size(data_cfg),
-        Normalize(normalize=_normalize_mode(data_cfg)),
+        Normalize(normalize=data_cfg["normalize"]),
     ])
 
 
@@ -394,6 +384,6 @@ def build_eval_transform(data_cfg: dict) -> Compose:
     test transform: short side 800, then ``Resize((1024, 1024))``).
     """
     return Compose([RandomResize([data_cfg["eval_size"]], max_size=data_cfg["eval_max_size"],
-                                 rounding=_rounding(data_cfg)),
+                                 rounding=data_cfg["resize_rounding"]),
                     *_fixed_size(data_cfg),
-                    Normalize(normalize=_normalize_mode(data_cfg))])
+                    Normalize(normalize=data_cfg["normalize"])])

@@ -1,6 +1,6 @@
 """Export the inference graph (network + post-process) with a static input shape, atomically.
 
-The exported graph is :class:`src.evaluation.evaluate.InferenceNet`: ``(image float32 [B, 3, H, W], mask bool
+The exported graph is :class:`src.models.contract.InferenceNet`: ``(image float32 [B, 3, H, W], mask bool
 [B, H, W], orig_size int32 [B, 2]) -> (scores float32 [B, Q], labels int32 [B, Q], boxes float32 [B, Q, 4]
 xyxy in original-image pixels)``, so a deployment needs no Python model code.
 
@@ -133,24 +133,3 @@ def export_graph(net: ms.nn.Cell, inputs: Sequence[ms.Tensor], file_name: str | 
                 leftover.unlink()
         raise
     return final
-
-
-def build_inference_net(cfg: dict, checkpoint: str | os.PathLike) -> ms.nn.Cell:
-    """InferenceNet of ``cfg`` with ``checkpoint``'s weights (strict), in eval mode, for the classes the checkpoint
-    was trained on (``src.checkpoint.checkpoint_catalog``; converted weights: the config's).
-
-    Raises:
-        DeployError: the checkpoint file does not exist. KeyError/ValueError from
-            :func:`src.checkpoint.load_pretrained` for missing/unexpected keys or shape mismatches.
-    """
-    from src.checkpoint import checkpoint_catalog, load_pretrained
-    from src.evaluation.evaluate import InferenceNet
-    from src.models import build_model
-
-    if not Path(checkpoint).is_file():
-        raise DeployError(f"checkpoint '{checkpoint}' does not exist; pass a trained or converted .ckpt")
-    detector = build_model(cfg, catalog=checkpoint_catalog(checkpoint))
-    load_pretrained(checkpoint, detector.network, strict=True)
-    net = InferenceNet(detector.network, detector.postprocess)
-    net.set_train(False)
-    return net

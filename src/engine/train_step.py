@@ -56,46 +56,18 @@ def clip_grads_by_global_norm(grads, max_norm: float, norm):
     return ops.HyperMap()(ops.partial(_grad_mul, coef), grads)
 
 
-class NetWithCriterion(nn.Cell):
-    """A detector and its criterion as one Cell returning ``(loss, loss_terms)``.
-
-    The contract every model of the zoo follows: ``network(image, mask)`` returns a tuple of outputs, and
-    ``criterion(*outputs, tgt_boxes, tgt_labels, tgt_valid)`` returns the loss (DETR: ``pred_logits``,
-    ``pred_boxes`` -> ``SetCriterion``).
-
-    Inputs (SPEC tensor conventions):
-        image float32 [B, 3, H, W]; mask bool [B, H, W] (True on padding); tgt_boxes float32 [B, N, 4]
-        normalized cxcywh; tgt_labels int32 [B, N]; tgt_valid bool [B, N].
-
-    Outputs:
-        loss float32 scalar (weighted total), loss_terms float32 [3] (criterion's logging terms).
-    """
-
-    def __init__(self, network: nn.Cell, criterion: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.network = network
-        self.criterion = criterion
-
-    def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
-        outputs = self.network(image, mask)
-        return self.criterion(*outputs, tgt_boxes, tgt_labels, tgt_valid)
-
-
 class TrainStep(nn.Cell):
     """One optimizer step of detector training (DETR family, DeFRCN), compiled as a single graph.
 
     Args:
-        network: Cell ``(image, mask) -> outputs`` (DETR: ``(pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``).
-        criterion: Cell ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, terms)``.
+        train_network: the model's training Cell ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss,
+            loss_terms)`` (``build_model(cfg).train_network``, :mod:`src.models.contract`).
         optimizer: optimizer Cell taking a tuple of gradients ordered like ``optimizer.parameters``.
         clip_max_norm: global-norm clip threshold; 0 (or less) disables clipping.
         loss_scaler: None (fp32 training), ``mindspore.amp.StaticLossScaler`` or ``DynamicLossScaler``.
-        loss_network: optional Cell ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, terms)`` used
-            instead of ``NetWithCriterion(network, criterion)``, for models whose forward pass needs the targets
-            (DeFRCN samples proposals against the ground truth); ``network`` and ``criterion`` are then unused.
 
     Inputs:
-        image, mask, tgt_boxes, tgt_labels, tgt_valid as :class:`NetWithCriterion`.
+        image, mask, tgt_boxes, tgt_labels, tgt_valid as :class:`src.models.contract.NetWithCriterion`.
 
     Outputs:
         loss float32 scalar (unscaled), loss_terms float32 [T] (the model's logging terms, DETR: 3, DeFRCN: 4),
@@ -106,15 +78,14 @@ class TrainStep(nn.Cell):
         TypeError: if ``loss_scaler`` is not None or a MindSpore static/dynamic loss scaler.
     """
 
-    def __init__(self, network, criterion, optimizer, clip_max_norm: float = 0.0, loss_scaler=None,
-                 loss_network=None):
+    def __init__(self, train_network, optimizer, clip_max_norm: float = 0.0, loss_scaler=None):
         super().__init__(auto_prefix=False)
         if loss_scaler is not None and not isinstance(loss_scaler, (StaticLossScaler, DynamicLossScaler)):
             raise TypeError(
                 f"loss_scaler must be None, mindspore.amp.StaticLossScaler or DynamicLossScaler, "
                 f"got {type(loss_scaler).__name__}."
             )
-        self.net_with_criterion = loss_network if loss_network is not None else NetWithCriterion(network, criterion)
+        self.train_network = train_network
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.clip_max_norm = float(clip_max_norm)
@@ -133,7 +104,7 @@ class TrainStep(nn.Cell):
         return nn.DistributedGradReducer(self.weights, mean, get_group_size())
 
     def _scaled_forward(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
-        loss, loss_terms = self.net_with_criterion(image, mask, tgt_boxes, tgt_labels, tgt_valid)
+        loss, loss_terms = self.train_network(image, mask, tgt_boxes, tgt_labels, tgt_valid)
         scaled = self.loss_scaler.scale(loss) if self.use_loss_scale else loss
         return scaled, loss, loss_terms
 

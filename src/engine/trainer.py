@@ -148,7 +148,7 @@ def plan_schedule(network, train_cfg: dict, steps_per_epoch: int, rank_size: int
     Raises:
         ValueError: an unknown ``train.optimizer``.
     """
-    kind = train_cfg.get("optimizer", "adamw")
+    kind = train_cfg["optimizer"]
     if kind == "adamw":
         epochs = int(train_cfg["epochs"])
         return Plan(build_optimizer(network, train_cfg, steps_per_epoch), epochs * steps_per_epoch, epochs,
@@ -199,8 +199,7 @@ def train(cfg: dict, opts: TrainOptions, runtime: RuntimeInfo) -> dict:
             f"{train_cfg['batch_size']} images per rank ({runtime.rank_size} ranks); lower --batch_size")
     plan = plan_schedule(detector.network, train_cfg, steps_per_epoch, runtime.rank_size)
     optimizer = plan.optimizer
-    train_step = TrainStep(detector.network, detector.criterion, optimizer,
-                           clip_max_norm=train_cfg["clip_max_norm"], loss_network=detector.loss_network)
+    train_step = TrainStep(detector.train_network, optimizer, clip_max_norm=train_cfg["clip_max_norm"])
     train_step.set_train(True)
 
     step = 0

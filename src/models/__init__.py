@@ -1,40 +1,51 @@
 """Model registry: ``build_model(cfg)`` is the one place a config becomes networks.
 
-Registered: ``detr``, ``focus_detr`` and ``defrcn``.
+Registered (:data:`MODELS`): ``detr``, ``focus_detr`` and ``defrcn``. Each name maps to its folder's ``model.py``,
+whose ``build_detector(model_cfg, loss_cfg, catalog, distributed, seed)`` returns a
+:class:`src.models.contract.Detector`; a new model is a new folder and one line in :data:`MODELS`.
+:func:`build_inference_net` is what ``eval.py``, ``infer.py`` and ``export.py`` run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import os
 
-import numpy as np
-from mindspore import nn
+from src.checkpoint import checkpoint_catalog, load_pretrained
+from src.data.catalog import build_catalog, resolve_num_classes
+from src.models.contract import Detector, InferenceNet
+
+__all__ = ["MODELS", "Detector", "InferenceNet", "build_inference_net", "build_model", "unpadded_parts"]
+
+MODELS = {
+    "detr": "src.models.detr.model",
+    "focus_detr": "src.models.focus_detr.model",
+    "defrcn": "src.models.defrcn.model",
+}
+"""The registry: ``model.name`` -> the module whose ``build_detector(model_cfg, loss_cfg, catalog, distributed,
+seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``), and whose
+``unpadded_parts(inference_network)`` names the Cells unpadded evaluation compiles (:mod:`src.models.contract`)."""
 
 
-@dataclass
-class Detector:
-    """The Cells a config describes.
+def model_module(name: str):
+    """The registered module of ``model.name`` ``name``.
 
-    Attributes:
-        network: ``(image, mask) -> outputs`` (a tuple; DETR: ``(pred_logits [L,B,Q,C+1], pred_boxes [L,B,Q,4])``,
-            Focus-DETR: see :class:`src.models.focus_detr.model.FocusDETRWithImageMask`).
-        criterion: ``(*outputs, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``; None for a model
-            with a ``loss_network``.
-        postprocess: ``(*outputs, orig_sizes [B,2]) -> (scores [B,S], labels [B,S] dataset category ids (raw
-            COCO ids for COCO), boxes xyxy [B,S,4] in original pixels)``. DeFRCN marks empty slots, and Focus-DETR
-            boxes left empty by clipping to the image, with label -1 and score 0.
-        loss_names: names of the entries of ``loss_terms`` (any length).
-        loss_network: optional ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)`` that
-            training uses instead of ``criterion(*network(image, mask), ...)``, for models whose forward pass
-            needs the targets (DeFRCN samples proposals against the ground truth). It shares ``network``'s
-            parameters.
+    Raises:
+        ValueError: ``name`` is not registered (lists the registered names).
     """
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
+    return importlib.import_module(MODELS[name])
 
-    network: nn.Cell
-    criterion: nn.Cell | None
-    postprocess: nn.Cell
-    loss_names: tuple
-    loss_network: nn.Cell | None = None
+
+def unpadded_parts(name: str, net: InferenceNet) -> list:
+    """``(cell, signature)`` of the Cells of ``net``, the inference network of model ``name``, that unpadded
+    evaluation compiles once as dynamic-shape graphs (the model's ``unpadded_parts``).
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    return model_module(name).unpadded_parts(net)
 
 
 def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
@@ -50,48 +61,34 @@ def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
     Raises:
         ValueError: for an unknown model name, or a pinned ``model.num_classes`` too small for the catalog.
     """
-    from src.data.catalog import build_catalog, resolve_num_classes
-
     catalog = catalog if catalog is not None else build_catalog(cfg["data"])
     cfg = resolve_num_classes(cfg, catalog)
     if "num_classes" in cfg["model"] and cfg["model"]["num_classes"] < catalog.num_classes(cfg["model"]["name"]):
         raise ValueError(f"model.num_classes={cfg['model']['num_classes']} is too small for the "
                          f"{len(catalog)} classes of {catalog.source} (ids up to {max(catalog.ids)}); set it to "
                          f"null to follow the dataset")
-    name = cfg["model"]["name"]
-    if name == "detr":
-        from src.models.detr.criterion import build_criterion
-        from src.models.detr.model import build_detr
-        from src.models.detr.postprocess import PostProcess
+    build_detector = model_module(cfg["model"]["name"]).build_detector
+    return build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
 
-        model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
-        network = build_detr(**model_cfg)
-        criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"],
-                                    distributed=distributed, **cfg["loss"])
-        return Detector(network, criterion, PostProcess(), ("loss_ce", "loss_bbox", "loss_giou"))
-    if name == "focus_detr":
-        from src.models.focus_detr.criterion import build_criterion as build_focus_criterion
-        from src.models.focus_detr.model import FocusDETR, FocusDETRWithImageMask, FocusDETRWithLoss
-        from src.models.focus_detr.postprocess import FocusDetectorPostProcess
 
-        model_cfg = {k: v for k, v in cfg["model"].items()
-                     if k not in ("name", "aux_loss", "num_select", "labels_are_category_ids")}
-        model_cfg["cascade"] = tuple(model_cfg["cascade"])
-        focus_detr = FocusDETR(**model_cfg)
-        network = FocusDETRWithImageMask(focus_detr)
-        by_id = cfg["model"]["labels_are_category_ids"]
-        criterion = build_focus_criterion(num_classes=model_cfg["num_classes"], aux_loss=cfg["model"]["aux_loss"],
-                                          distributed=distributed,
-                                          label_table=np.arange(model_cfg["num_classes"]) if by_id
-                                          else catalog.id_to_label_table(), **cfg["loss"])
-        category_ids = range(model_cfg["num_classes"]) if by_id else catalog.ids
-        postprocess = FocusDetectorPostProcess(cfg["model"]["num_select"], category_ids)
-        # Training runs the denoising queries, which need the targets inside the forward pass.
-        return Detector(network, criterion, postprocess, ("loss_class", "loss_bbox", "loss_giou"),
-                        FocusDETRWithLoss(focus_detr, criterion))
-    if name == "defrcn":
-        from src.models.defrcn.detector import LOSS_NAMES, build_defrcn
+def build_inference_net(cfg: dict, checkpoint: str | os.PathLike, catalog=None) -> InferenceNet:
+    """The inference network of ``cfg`` with ``checkpoint``'s weights (strict), in eval mode.
 
-        network, postprocess, loss_network = build_defrcn(cfg, catalog.ids)
-        return Detector(network, None, postprocess, LOSS_NAMES, loss_network)
-    raise ValueError(f"unknown model.name {name!r}; registered: ['detr', 'focus_detr', 'defrcn']")
+    What eval.py, infer.py and export.py run: ``(image, mask, orig_size) -> (scores, labels, boxes)``
+    (:class:`src.models.contract.InferenceNet`).
+
+    Args:
+        cfg: a config from :func:`src.config.load_config`.
+        checkpoint: a training or converted ``.ckpt``.
+        catalog: the classes to predict; None takes the classes the checkpoint was trained on
+            (:func:`src.checkpoint.checkpoint_catalog`), and for converted weights the config's.
+
+    Raises:
+        src.checkpoint.CheckpointNotFoundError, CheckpointFormatError, CheckpointMismatchError,
+        CheckpointShapeError: a missing or unreadable file, keys or shapes that do not fit the model.
+    """
+    detector = build_model(cfg, catalog=catalog if catalog is not None else checkpoint_catalog(checkpoint))
+    load_pretrained(checkpoint, detector.network, strict=True)
+    net = detector.inference_network
+    net.set_train(False)
+    return net

@@ -70,26 +70,3 @@ def grid_anchors(feature_hw, stride: int = 16, offset: float = 0.0, sizes=DEFAUL
     grid_y, grid_x = np.meshgrid(shift_y, shift_x, indexing="ij")
     shifts = np.stack([grid_x.ravel(), grid_y.ravel(), grid_x.ravel(), grid_y.ravel()], axis=1)
     return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4).astype(np.float32)
-
-
-class AnchorGenerator:
-    """Configured anchor generator (host side); call it with a feature size.
-
-    Args:
-        sizes, ratios, stride, offset: see :func:`grid_anchors`.
-    """
-
-    def __init__(self, sizes=DEFAULT_SIZES, ratios=DEFAULT_RATIOS, stride: int = 16, offset: float = 0.0):
-        self.sizes = tuple(sizes)
-        self.ratios = tuple(ratios)
-        self.stride = stride
-        self.offset = offset
-
-    @property
-    def num_anchors(self) -> int:
-        """Anchors per location (A)."""
-        return len(self.sizes) * len(self.ratios)
-
-    def __call__(self, feature_hw) -> np.ndarray:
-        """float32 [H * W * A, 4] xyxy anchors for a feature map of size ``feature_hw`` = (H, W)."""
-        return grid_anchors(feature_hw, self.stride, self.offset, self.sizes, self.ratios)

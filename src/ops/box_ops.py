@@ -12,9 +12,11 @@ generalized IoU (Rezatofighi et al., 2019). Differences from the reference, both
 
 All functions accept any number of leading batch dimensions. Boxes are float tensors whose last dimension
 holds 4 coordinates, either ``(cx, cy, w, h)`` ("cxcywh") or ``(x0, y0, x1, y1)`` ("xyxy"), in any
-consistent unit (DETR uses coordinates normalized to [0, 1]).
+consistent unit (DETR uses coordinates normalized to [0, 1]). :func:`image_sizes_from_mask` gives the image
+sizes (height, width) in pixels that a padding mask leaves.
 """
 
+import mindspore as ms
 from mindspore import Tensor, ops
 
 EPS = 1e-12
@@ -154,3 +156,15 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         Float tensor [..., N, M].
     """
     return elementwise_generalized_box_iou(boxes1.expand_dims(-2), boxes2.expand_dims(-3))
+
+
+def image_sizes_from_mask(mask: Tensor) -> Tensor:
+    """(height, width) of the unpadded part of each image, float32 ``[B, 2]``.
+
+    Args:
+        mask: bool ``[B, H, W]``, True on padding (padding sits at the bottom and right).
+    """
+    real = ops.logical_not(mask)
+    height = real.any(axis=2).astype(ms.float32).sum(axis=1)
+    width = real.any(axis=1).astype(ms.float32).sum(axis=1)
+    return ops.stack([height, width], axis=1)

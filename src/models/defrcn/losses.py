@@ -18,12 +18,17 @@ Random sampling draws keys from a stateful ``ops.UniformReal`` so each call samp
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
-from src.models.defrcn.model import DeFRCN
 from src.ops.box_coder import ROI_WEIGHTS, RPN_WEIGHTS, encode_boxes
-from src.ops.box_ops import box_iou
+from src.ops.box_ops import box_cxcywh_to_xyxy, box_iou, image_sizes_from_mask
+
+if TYPE_CHECKING:
+    from src.models.defrcn.model import DeFRCN
 
 
 def match_boxes(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor):
@@ -298,3 +303,43 @@ class DeFRCNWithLoss(nn.Cell):
         loss_cls, loss_box = self.roi_loss(class_logits, roi_deltas, rois, classes, roi_gt, roi_valid, roi_fg)
         terms = ops.stack([loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box])
         return terms.sum(), terms
+
+
+LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg")
+"""Names of DeFRCNWithLoss's terms, in its order (detectron2's loss dict keys)."""
+
+
+class DeFRCNLossNetwork(nn.Cell):
+    """``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss, loss_terms)``: DeFRCN's four training losses.
+
+    Args:
+        with_loss: :class:`~src.models.defrcn.losses.DeFRCNWithLoss` around the DeFRCN Cell.
+        class_ids: dataset category id of each contiguous class index.
+
+    Inputs (SPEC tensor conventions):
+        image float32 ``[B, 3, H, W]``; mask bool ``[B, H, W]``; tgt_boxes float32 ``[B, N, 4]`` normalized cxcywh
+        of the unpadded resized image; tgt_labels int32 ``[B, N]`` dataset category ids; tgt_valid bool ``[B, N]``.
+
+    Outputs:
+        loss float32 scalar (sum of the terms); loss_terms float32 ``[4]`` in :data:`LOSS_NAMES` order.
+    """
+
+    def __init__(self, with_loss: DeFRCNWithLoss, class_ids: Sequence[int]):
+        super().__init__(auto_prefix=False)
+        self.with_loss = with_loss
+        ids = np.asarray(class_ids, np.int64)
+        # One slot past the largest id stays -1: every larger id is clipped onto it and so ignored.
+        table = np.full(int(ids.max()) + 2, -1, np.int32)
+        table[ids] = np.arange(len(ids), dtype=np.int32)
+        self.index_of_id = Tensor(table)
+        self.max_id = int(ids.max()) + 1
+
+    def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
+        image_sizes = image_sizes_from_mask(mask)
+        width, height = image_sizes[:, 1:2], image_sizes[:, 0:1]
+        scale = ops.concat([width, height, width, height], axis=1).expand_dims(1)  # [B, 1, 4]
+        gt_boxes = box_cxcywh_to_xyxy(tgt_boxes) * scale
+        index = ops.gather(self.index_of_id, ops.clip_by_value(tgt_labels, 0, self.max_id), 0)
+        gt_valid = ops.logical_and(tgt_valid, index >= 0)
+        gt_classes = ops.maximum(index, 0)
+        return self.with_loss(image, image_sizes, gt_boxes, gt_classes, gt_valid)

@@ -12,7 +12,7 @@ that checkpoint keys are unchanged:
 Input (prepared by the data side): float32 ``[B, 3, H, W]`` **BGR** 0-255 minus (103.53, 116.28, 123.675),
 std 1, resized (detectron2: shortest side 800, longest <= 1333) and zero-padded bottom/right to a static
 batch shape. Detections are in the coordinates of that resized input; scaling to the original image
-is :class:`DetectorPostprocess` (detectron2 ``detector_postprocess``).
+is :class:`src.models.defrcn.postprocess.DetectorPostprocess` (detectron2 ``detector_postprocess``).
 
 The training losses wrap this Cell in :class:`src.models.defrcn.losses.DeFRCNWithLoss`.
 """
@@ -20,13 +20,17 @@ The training losses wrap this Cell in :class:`src.models.defrcn.losses.DeFRCNWit
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
+from src.models.contract import DYNAMIC_IMAGE, DYNAMIC_MAP, Detector
 from src.models.defrcn.backbone import ResNetC4, build_res5
 from src.models.defrcn.gdl import DecoupledAffine
+from src.models.defrcn.losses import LOSS_NAMES, DeFRCNLossNetwork, DeFRCNWithLoss
+from src.models.defrcn.postprocess import DeFRCNPostprocess
 from src.models.defrcn.roi_heads import FastRCNNInference, Res5ROIHeads
 from src.models.defrcn.rpn import RPN
 from src.ops.anchors import DEFAULT_RATIOS, DEFAULT_SIZES
+from src.ops.box_ops import image_sizes_from_mask
 
 
 class DeFRCN(nn.Cell):
@@ -113,33 +117,76 @@ class DeFRCN(nn.Cell):
         return self.inference(class_logits, deltas, proposals, proposal_valid, image_sizes)
 
 
-class DetectorPostprocess(nn.Cell):
-    """Detections from resized-input pixels to original-image pixels (detectron2 ``detector_postprocess``).
+class DeFRCNNetwork(nn.Cell):
+    """``(image, mask) -> outputs`` for inference: DeFRCN with the image sizes taken from the mask.
 
-    Scales x by ``orig_w / input_w`` and y by ``orig_h / input_h``, clips to the original image and drops boxes
-    that became empty (width or height <= 0), as detectron2 does before evaluation.
+    Args:
+        model: the :class:`~src.models.defrcn.model.DeFRCN` Cell (its parameter names are kept, no prefix).
 
     Inputs:
-        boxes (Tensor[float32]): ``[B, D, 4]`` xyxy in resized-input pixels.
-        valid (Tensor[bool]): ``[B, D]``.
-        image_sizes (Tensor): ``[B, 2]`` (height, width) of the resized unpadded input.
-        orig_sizes (Tensor): ``[B, 2]`` (height, width) of the original images.
+        image (Tensor[float32]): ``[B, 3, H, W]``, caffe-normalized BGR (``data.normalize: caffe_bgr``).
+        mask (Tensor[bool]): ``[B, H, W]``, True on padding.
 
-    Outputs:
-        boxes (Tensor[float32]): ``[B, D, 4]`` xyxy original pixels, zeros where invalid.
-        valid (Tensor[bool]): ``[B, D]``, the input validity and non-empty after scaling (no longer
-            necessarily a prefix).
+    Outputs (the tuple :class:`DeFRCNPostprocess` takes):
+        boxes float32 ``[B, D, 4]`` xyxy resized-input pixels; scores float32 ``[B, D]`` descending;
+        labels int32 ``[B, D]`` contiguous class index; valid bool ``[B, D]``; image_sizes float32 ``[B, 2]``
+        (h, w). D = ``detections_per_image``.
     """
 
-    def construct(self, boxes: Tensor, valid: Tensor, image_sizes: Tensor, orig_sizes: Tensor):
-        sizes = image_sizes.astype(ms.float32)
-        orig = orig_sizes.astype(ms.float32)
-        scale_y = (orig[:, 0] / sizes[:, 0]).reshape(-1, 1)
-        scale_x = (orig[:, 1] / sizes[:, 1]).reshape(-1, 1)
-        x0 = ops.minimum(ops.maximum(boxes[..., 0] * scale_x, 0.0), orig[:, 1:2])
-        y0 = ops.minimum(ops.maximum(boxes[..., 1] * scale_y, 0.0), orig[:, 0:1])
-        x1 = ops.minimum(ops.maximum(boxes[..., 2] * scale_x, 0.0), orig[:, 1:2])
-        y1 = ops.minimum(ops.maximum(boxes[..., 3] * scale_y, 0.0), orig[:, 0:1])
-        keep = ops.logical_and(valid, ops.logical_and(x1 > x0, y1 > y0))
-        out = ops.stack([x0, y0, x1, y1], axis=-1) * keep.astype(ms.float32).expand_dims(-1)
-        return out, keep
+    def __init__(self, model: DeFRCN):
+        super().__init__(auto_prefix=False)
+        self.model = model
+
+    def construct(self, image: Tensor, mask: Tensor):
+        image_sizes = image_sizes_from_mask(mask)
+        boxes, scores, labels, valid = self.model(image, image_sizes)
+        return boxes, scores, labels, valid, image_sizes
+
+
+def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool = False, seed: int = 0) -> Detector:
+    """The :class:`~src.models.contract.Detector` of a ``defrcn`` config, from its ``model`` and ``loss`` sections.
+
+    Args:
+        model_cfg: the config's ``model`` section.
+        loss_cfg: the config's ``loss`` section.
+        catalog: the dataset's :class:`src.data.catalog.Catalog`; its ids are the detector's classes, in
+            contiguous order.
+        distributed: unused (DeFRCN's losses are per-image averages).
+        seed: seed of the RPN / ROI sampling (``train.seed``; ``DeFRCNWithLoss``).
+
+    Raises:
+        ValueError: an empty or repeated class list.
+    """
+    class_ids = [int(c) for c in catalog.ids]
+    if not class_ids or len(set(class_ids)) != len(class_ids) or min(class_ids) < 0:
+        raise ValueError(f"DeFRCN needs distinct non-negative class ids, got {class_ids}")
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "name"}
+    for key in ("anchor_sizes", "anchor_ratios"):
+        model_cfg[key] = tuple(model_cfg[key])
+    if isinstance(model_cfg["depth"], list):
+        model_cfg["depth"] = tuple(model_cfg["depth"])
+    model = DeFRCN(num_classes=len(class_ids), **model_cfg)
+    with_loss = DeFRCNWithLoss(model, len(class_ids), seed=int(seed), **loss_cfg)
+    # DeFRCNWithLoss stores the model as `net`, which prefixes every parameter name with "net."; restore the
+    # detectron2 names that checkpoints, converters and the surgery use.
+    model.update_parameters_name()
+    return Detector(DeFRCNNetwork(model), DeFRCNPostprocess(class_ids), DeFRCNLossNetwork(with_loss, class_ids),
+                    LOSS_NAMES)
+
+
+def unpadded_parts(net) -> list:
+    """The parts of DeFRCN's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the res2-res4 trunk, the RPN head, the box head (ROIAlign + res5 on the fixed
+    ``post_nms_topk_test`` proposals) and the fast R-CNN inference, four graphs; anchors and proposal selection,
+    whose shapes follow the feature map's size, run eagerly.
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        four ``(cell, signature)`` pairs; the fast R-CNN inference has no signature (its shapes never change).
+    """
+    model = net.network.model
+    proposals = Tensor(shape=[1, model.proposal_generator.post_nms_topk_test, 4], dtype=ms.float32)
+    return [(model.backbone, (DYNAMIC_IMAGE,)), (model.proposal_generator.rpn_head, (DYNAMIC_MAP,)),
+            (model.roi_heads, (DYNAMIC_MAP, proposals)), (model.inference, ())]

@@ -140,7 +140,7 @@ def support_prototypes(extractor, extractor_id: str, root, data_cfg: dict, cache
     (class list, seed, extractor) is rebuilt with a warning.
     """
     names = detector_class_names(data_cfg)
-    seed = int(data_cfg.get("seed", 0))
+    seed = int(data_cfg["seed"])
     set_name, samples, total = support_samples(root, data_cfg)
     path = Path(cache_dir) / f"{set_name}__{re.sub(r'[^A-Za-z0-9_.-]+', '-', extractor_id)}.npz"
     try:
@@ -175,14 +175,14 @@ class PCBCalibrator:
 
     def __init__(self, cfg: dict, root, cache_dir: str | Path):
         eval_cfg, data_cfg = cfg["eval"], cfg["data"]
-        if not eval_cfg.get("pcb_model"):
+        if not eval_cfg["pcb_model"]:
             raise ValueError("eval.pcb_enable is true but eval.pcb_model is empty; set it to the converted "
                              "torchvision ResNet-101 (tools/convert_weights.py --model resnet_torchvision)")
         self.extractor, extractor_id = load_pcb_extractor(eval_cfg["pcb_model"])
         self.prototypes = support_prototypes(self.extractor, extractor_id, root, data_cfg, cache_dir)
         excluded: Tuple[int, ...] = ()
-        if data_cfg.get("classes", "all") == "all":
-            excluded = gfsod_excluded_classes(data_cfg.get("dataset", "coco"), data_cfg.get("voc_split"))
+        if data_cfg["classes"] == "all":
+            excluded = gfsod_excluded_classes(data_cfg["dataset"], data_cfg["voc_split"])
         self.excluded = excluded
         self.calibration = build_calibration(self.prototypes, excluded, eval_cfg["pcb_alpha"],
                                              eval_cfg["pcb_lower"], eval_cfg["pcb_upper"])

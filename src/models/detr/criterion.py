@@ -15,8 +15,9 @@ every decoder layer. The logging-only terms of the reference (class_error, cardi
 """
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
+from src.ops.box_count import BoxCount
 from src.ops.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from src.ops.matcher import HungarianMatcher
 
@@ -66,20 +67,7 @@ class SetCriterion(nn.Cell):
         self.weight_bbox = float(weight_bbox)
         self.weight_giou = float(weight_giou)
         self.aux_loss = bool(aux_loss)
-        self.distributed = bool(distributed)
-        self.group_size = 1.0
-        if self.distributed:
-            from mindspore.communication import get_group_size
-
-            self.group_size = float(get_group_size())
-            self.all_reduce = ops.AllReduce()
-
-    def num_boxes(self, tgt_valid: Tensor) -> Tensor:
-        """Valid target count of the batch (mean over ranks when distributed), at least 1, float32 scalar."""
-        count = tgt_valid.astype(ms.float32).sum()
-        if self.distributed:
-            count = self.all_reduce(count) / self.group_size
-        return ops.maximum(count, 1.0)
+        self.num_boxes = BoxCount(distributed)
 
     def layer_losses(self, logits, boxes, tgt_boxes, tgt_labels, tgt_valid, num_boxes):
         """Unweighted losses of one decoder layer.

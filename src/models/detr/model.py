@@ -14,6 +14,9 @@ from mindspore.common.initializer import Normal
 from src.backbones.resnet import RESNET_DEPTHS, Backbone
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
+from src.models.contract import DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE, Detector, NetWithCriterion
+from src.models.detr.criterion import build_criterion
+from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
 
 
@@ -96,4 +99,35 @@ def build_detr(backbone: str = "resnet50", dilation: bool = False, num_classes: 
                 aux_loss=aux_loss)
 
 
-__all__ = ["DETR", "build_detr"]
+__all__ = ["DETR", "build_detector", "build_detr"]
+
+
+def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool = False, seed: int = 0) -> Detector:
+    """The :class:`~src.models.contract.Detector` of a ``detr`` config, from its ``model`` and ``loss`` sections.
+
+    Args:
+        model_cfg: the config's ``model`` section, ``num_classes`` resolved (:func:`src.models.build_model`).
+        loss_cfg: the config's ``loss`` section.
+        catalog: the dataset's :class:`src.data.catalog.Catalog` (DETR predicts raw category ids: unused).
+        distributed: average the criterion's box count over ranks.
+        seed: unused (dropout follows MindSpore's global seed).
+    """
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "name"}
+    network = build_detr(**model_cfg)
+    criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"],
+                                distributed=distributed, **loss_cfg)
+    return Detector(network, PostProcess(), NetWithCriterion(network, criterion), ("loss_ce", "loss_bbox", "loss_giou"))
+
+
+def unpadded_parts(net) -> list:
+    """The parts of DETR's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the whole network and post-process, one graph (none of its shapes needs a Python
+    integer).
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        ``[(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]``.
+    """
+    return [(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]

@@ -32,6 +32,7 @@ from mindspore import Tensor, nn, ops
 
 from src.models.focus_detr.fts import FCOS_STRIDES, fcos_foreground_labels
 from src.models.focus_detr.losses import SELECT_LOSS_WEIGHT, foreground_supervision_loss, sigmoid_focal_loss
+from src.ops.box_count import BoxCount
 from src.ops.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from src.ops.matcher import HungarianMatcher
 
@@ -67,20 +68,22 @@ class FocusDETRCriterion(nn.Cell):
         distributed: average ``num_boxes`` over the ranks (needs ``mindspore.communication.init()``).
 
     Inputs:
-        pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer (index -1 the final one).
-        pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` normalized cxcywh.
-        enc_logits (Tensor[float32]): ``[B, Q, K]`` encoder proposal logits.
-        enc_boxes (Tensor[float32]): ``[B, Q, 4]`` encoder proposal boxes, cxcywh.
-        foreground_logits (Tensor[float32]): ``[B, N]`` FTS logits over all tokens.
-        mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (unused: the labels come from ``image_mask``).
+        outputs (tuple): :class:`src.models.focus_detr.model.FocusDETR`'s outputs
+            (:data:`src.models.focus_detr.model.OUTPUT_NAMES`):
+            pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer (index -1 the final one);
+            pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` normalized cxcywh;
+            enc_logits (Tensor[float32]): ``[B, Q, K]`` encoder proposal logits;
+            enc_boxes (Tensor[float32]): ``[B, Q, 4]`` encoder proposal boxes, cxcywh;
+            foreground_logits (Tensor[float32]): ``[B, N]`` FTS logits over all tokens;
+            mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (unused: the labels come from ``image_mask``).
         image_mask (Tensor[bool]): ``[B, H, W]`` input padding mask, True on padding; gives the level shapes and the
             unpadded image sizes.
         tgt_boxes (Tensor[float32]): ``[B, M, 4]`` normalized cxcywh of the unpadded resized image.
         tgt_labels (Tensor[int32]): ``[B, M]`` dataset category ids (or contiguous without ``label_table``).
         tgt_valid (Tensor[bool]): ``[B, M]``; valid rows first.
         dn_outputs (tuple or None): the denoising outputs of :class:`src.models.focus_detr.model.FocusDETR`
-            (``dn_logits, dn_boxes`` and the slot layout, see :meth:`denoising_loss`); their loss is added, with the
-            same ``num_boxes`` (one all-reduce per step).
+            (:data:`src.models.focus_detr.model.DN_OUTPUT_NAMES`, the arguments of :meth:`denoising_loss`); their
+            loss is added, with the same ``num_boxes`` (one all-reduce per step).
 
     Outputs:
         tuple: ``loss`` float32 scalar (weighted total) and ``loss_terms`` float32 ``[3]``, the unweighted final-layer
@@ -105,20 +108,7 @@ class FocusDETRCriterion(nn.Cell):
         self.aux_loss = bool(aux_loss)
         self.map_coco_ids = label_table is not None
         self.label_table = Tensor(np.asarray(label_table if self.map_coco_ids else [0], np.int32).reshape(-1))
-        self.distributed = bool(distributed)
-        self.group_size = 1.0
-        if self.distributed:
-            from mindspore.communication import get_group_size
-
-            self.group_size = float(get_group_size())
-            self.all_reduce = ops.AllReduce()
-
-    def num_boxes(self, tgt_valid):
-        """Valid target count of the batch (mean over ranks when distributed), at least 1, float32 scalar."""
-        count = tgt_valid.astype(ms.float32).sum()
-        if self.distributed:
-            count = self.all_reduce(count) / self.group_size
-        return ops.maximum(count, 1.0)
+        self.num_boxes = BoxCount(distributed)
 
     def contiguous_labels(self, tgt_labels):
         """Dataset category ids ``[B, M]`` -> contiguous int32 indices ``[B, M]`` (identity without a label table)."""
@@ -203,8 +193,8 @@ class FocusDETRCriterion(nn.Cell):
             loss = loss + self.weighted((focal / normalizer, l1 / normalizer, giou_loss / normalizer))
         return loss * has_gt.astype(ms.float32)
 
-    def construct(self, pred_logits, pred_boxes, enc_logits, enc_boxes, foreground_logits, mask_flatten,
-                  image_mask, tgt_boxes, tgt_labels, tgt_valid, dn_outputs=None):
+    def construct(self, outputs, image_mask, tgt_boxes, tgt_labels, tgt_valid, dn_outputs=None):
+        pred_logits, pred_boxes, enc_logits, enc_boxes, foreground_logits, _ = outputs
         pred_logits = pred_logits.astype(ms.float32)
         pred_boxes = pred_boxes.astype(ms.float32)
         tgt_boxes = tgt_boxes.astype(ms.float32)

@@ -19,9 +19,9 @@ Spatial shapes are static Python tuples of ``(H_l, W_l)`` in level order (finest
 from typing import Sequence, Tuple
 
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
-from mindspore.common.initializer import Uniform, XavierUniform, initializer
+from mindspore.common.initializer import Uniform, XavierUniform
 
 from src.layers.ms_deform_attn import level_start_indices
 
@@ -353,45 +353,3 @@ def fcos_foreground_labels(tgt_boxes, tgt_valid, image_sizes, spatial_shapes: Se
         positive = ops.logical_and(ops.logical_and(inside, in_level), valid)
         labels.append(positive.any(axis=-1).astype(mstype.float32))
     return ops.concat(labels, axis=1)
-
-
-class ForegroundTokenSelector(nn.Cell):
-    """Owns the FTS parameters and runs scoring plus cascade selection.
-
-    Parameters (names as the reference's ``transformer.*``): ``alpha`` ``[L-1]`` (init U(-0.3, 0.3)) and
-    ``enc_mask_predictor`` (:class:`MaskPredictor`). A full model that keeps them directly on its transformer
-    Cell can call the module functions instead; with this Cell as ``transformer.fts`` the checkpoint keys need
-    the ``transformer.`` -> ``transformer.fts.`` rename for these two entries.
-
-    Args:
-        embed_dim: token channels (256).
-        spatial_shapes: static ``(H_l, W_l)`` per level.
-        rho: keep ratio (0.5).
-        cascade: per-layer ratios.
-        pool_padding: see :class:`MaskPredictor`.
-    """
-
-    def __init__(self, embed_dim: int, spatial_shapes: Sequence[Tuple[int, int]], rho: float = FOCUS_RHO,
-                 cascade: Sequence[float] = CASCADE_RATIOS, pool_padding: bool = True):
-        super().__init__()
-        self.spatial_shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
-        self.rho = rho
-        self.cascade = tuple(cascade)
-        self.alpha = Parameter(initializer(Uniform(0.3), (len(spatial_shapes) - 1,), mstype.float32), name="alpha")
-        self.enc_mask_predictor = MaskPredictor(embed_dim, embed_dim, pool_padding)
-
-    def construct(self, memory, padding_mask):
-        """Scores and selection.
-
-        Args:
-            memory (Tensor[float32]): ``[B, N, C]`` processed flattened tokens.
-            padding_mask (Tensor[bool]): ``[B, N]``, True on padding.
-
-        Returns:
-            tuple: ``(scores [B, N] float32 raw logits, indices [B, k_0] int32, layer_valid tuple of [B, k_j]
-            bool, focus_nums [B] int32)``.
-        """
-        scores = top_down_foreground_scores(memory, padding_mask, self.spatial_shapes, self.enc_mask_predictor,
-                                            self.alpha)
-        indices, layer_valid, focus = select_foreground_tokens(scores, padding_mask, self.rho, self.cascade)
-        return scores, indices, layer_valid, focus

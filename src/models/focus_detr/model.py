@@ -32,7 +32,9 @@ from mindspore.common.initializer import Normal, initializer
 
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
-from src.models.focus_detr.backbone import build_backbone
+from src.models.contract import DYNAMIC_IMAGE, Detector
+from src.models.focus_detr.backbone import MultiLevelResNet, build_backbone
+from src.models.focus_detr.criterion import build_criterion
 from src.models.focus_detr.decoder import FocusDETRDecoder, inverse_sigmoid
 from src.models.focus_detr.dn import DenoisingQueries
 from src.models.focus_detr.encoder import OESM_TOPK, FocusDETREncoder, gather_tokens
@@ -45,8 +47,17 @@ from src.models.focus_detr.fts import (
     weighted_memory_foreground_scores,
 )
 from src.models.focus_detr.neck import ChannelMapper
+from src.models.focus_detr.postprocess import FocusDetectorPostProcess
 
 SpatialShapes = Tuple[Tuple[int, int], ...]
+
+
+OUTPUT_NAMES = ("pred_logits", "pred_boxes", "enc_logits", "enc_boxes", "foreground_logits", "mask_flatten")
+"""The outputs of :class:`FocusDETR`, in order (what the post-process and the criterion take as ``outputs``)."""
+DN_OUTPUT_NAMES = ("dn_logits", "dn_boxes", "gt_index", "positive", "in_group", "slot_valid", "groups", "has_gt")
+"""The denoising outputs of :class:`FocusDETR` in training, in order
+(:meth:`src.models.focus_detr.criterion.FocusDETRCriterion.denoising_loss`'s arguments). Grouped tuples, not
+namedtuples: in MindSpore 2.10 graph mode a namedtuple passed between Cells compiles but gets zero gradients."""
 
 
 class OffsetPositionEmbeddingSine(PositionEmbeddingSine):
@@ -204,14 +215,14 @@ class FocusDETR(nn.Cell):
             classes ``0..K-1``, ``[B, N]`` bool. Given (and ``dn_number > 0``): denoising queries are added.
 
     Outputs:
-        tuple of
+        without denoising, the tuple :data:`OUTPUT_NAMES`:
             - pred_logits (Tensor[float32]): ``[D, B, Q, K]`` per decoder layer (matching queries);
             - pred_boxes (Tensor[float32]): ``[D, B, Q, 4]`` normalized cxcywh in ``[0, 1]``;
             - enc_logits (Tensor[float32]): ``[B, Q, K]`` two-stage proposal logits (``class_embed[D]``);
             - enc_boxes (Tensor[float32]): ``[B, Q, 4]`` two-stage proposal boxes, cxcywh in ``[0, 1]``;
             - foreground_logits (Tensor[float32]): ``[B, N]`` FTS logits over all tokens, level order finest first;
             - mask_flatten (Tensor[bool]): ``[B, N]`` token padding mask (for the foreground loss);
-        and with denoising, followed by
+        with denoising, the pair ``(outputs, dn_outputs)``: that tuple, and the tuple :data:`DN_OUTPUT_NAMES`:
             - dn_logits (Tensor[float32]): ``[D, B, S, K]``; dn_boxes (Tensor[float32]): ``[D, B, S, 4]``;
             - the slot layout ``gt_index [S]``, ``positive [S]``, ``in_group [S]``, ``slot_valid [B, S]``, ``groups``
               and ``has_gt`` of :func:`src.models.focus_detr.dn.denoising_layout`.
@@ -284,8 +295,13 @@ class FocusDETR(nn.Cell):
             boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
         return ops.stack(logits), ops.stack(boxes)
 
+    def features(self, image):
+        """Neck levels of ``image`` (float32 ``[B, 3, H, W]``): a tuple of float32 ``[B, C, H_l, W_l]``, finest
+        first. Its own method so that unpadded inference (``src.evaluation.unpadded``) compiles it as one graph."""
+        return self.neck(self.backbone(image))
+
     def construct(self, image, mask, tgt_boxes=None, tgt_labels=None, tgt_valid=None):
-        feats = self.neck(self.backbone(image))
+        feats = self.features(image)
         masks = ()
         poses = ()
         for feat in feats:
@@ -305,9 +321,11 @@ class FocusDETR(nn.Cell):
         logits, boxes = self._heads(hidden, init_ref, inter_refs)
         # dn_post_process: the first S decoder queries are the denoising slots.
         num_slots = dn_query.shape[1]
-        return (logits[:, :, num_slots:], boxes[:, :, num_slots:], self.class_embed[-1](enc_target), enc_boxes,
-                fg_logits, mask_flatten, logits[:, :, :num_slots], boxes[:, :, :num_slots], gt_index, positive,
-                in_group, slot_valid, groups, has_gt)
+        outputs = (logits[:, :, num_slots:], boxes[:, :, num_slots:], self.class_embed[-1](enc_target), enc_boxes,
+                   fg_logits, mask_flatten)
+        dn_outputs = (logits[:, :, :num_slots], boxes[:, :, :num_slots], gt_index, positive, in_group, slot_valid,
+                      groups, has_gt)
+        return outputs, dn_outputs
 
 
 class FocusTransformer(nn.Cell):
@@ -419,40 +437,18 @@ class FocusTransformer(nn.Cell):
         return (hidden, init_ref, inter_refs, enc_target, ops.sigmoid(topk_coords_unact), fg_logits, mask_flatten)
 
 
-class FocusDETRWithImageMask(nn.Cell):
-    """:class:`FocusDETR` whose outputs end with its input padding mask, for the zoo's model contract.
-
-    The criterion needs the unpadded image sizes and the static level shapes of the input (foreground labels) and
-    only sees the network outputs, so the mask is passed through. Built with ``auto_prefix=False``: the parameter
-    names are exactly those of the wrapped :class:`FocusDETR`. Never adds denoising queries (evaluation, export).
-
-    Inputs:
-        image (Tensor[float32]): ``[B, 3, H, W]``; mask (Tensor[bool]): ``[B, H, W]``, True on padding.
-
-    Outputs:
-        tuple: the six :class:`FocusDETR` outputs followed by ``mask``.
-    """
-
-    def __init__(self, network: FocusDETR):
-        super().__init__(auto_prefix=False)
-        self.network = network
-
-    def construct(self, image, mask):
-        logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten = self.network(image, mask)
-        return logits, boxes, enc_logits, enc_boxes, fg_logits, mask_flatten, mask
-
-
 class FocusDETRWithLoss(nn.Cell):
     """Training forward + loss of Focus-DETR: the targets reach the network for the denoising queries.
 
-    The ``loss_network`` of the zoo's ``Detector``: ``(image, mask, tgt_boxes, tgt_labels, tgt_valid) -> (loss,
-    loss_terms)``. Raw dataset labels are mapped to the heads' contiguous classes by the criterion's table, the
-    network runs with denoising (when its ``dn_number > 0``), and the loss is the criterion's matching / encoder /
-    foreground loss plus :meth:`src.models.focus_detr.criterion.FocusDETRCriterion.denoising_loss`. Built with
-    ``auto_prefix=False``, so parameter names are the network's.
+    The ``train_network`` of the zoo's :class:`~src.models.contract.Detector`: ``(image, mask, tgt_boxes,
+    tgt_labels, tgt_valid) -> (loss, loss_terms)``. Raw dataset labels are mapped to the heads' contiguous classes by
+    the criterion's table, the network runs with denoising (when its ``dn_number > 0``), and the loss is the
+    criterion's matching / encoder / foreground loss plus
+    :meth:`src.models.focus_detr.criterion.FocusDETRCriterion.denoising_loss`. Built with ``auto_prefix=False``, so
+    parameter names are the network's.
 
     Args:
-        network: the :class:`FocusDETR` (the same Cell the inference wrapper holds).
+        network: the :class:`FocusDETR` (the same Cell the inference network holds).
         criterion: a :class:`src.models.focus_detr.criterion.FocusDETRCriterion`.
 
     Outputs:
@@ -468,8 +464,72 @@ class FocusDETRWithLoss(nn.Cell):
     def construct(self, image, mask, tgt_boxes, tgt_labels, tgt_valid):
         if not self.use_dn:
             outputs = self.network(image, mask)
-            return self.criterion(*outputs, mask, tgt_boxes, tgt_labels, tgt_valid)
+            return self.criterion(outputs, mask, tgt_boxes, tgt_labels, tgt_valid)
         labels = self.criterion.contiguous_labels(tgt_labels)
-        outputs = self.network(image, mask, tgt_boxes, labels, tgt_valid)
-        return self.criterion(outputs[0], outputs[1], outputs[2], outputs[3], outputs[4], outputs[5], mask,
-                              tgt_boxes, tgt_labels, tgt_valid, outputs[6:14])
+        outputs, dn_outputs = self.network(image, mask, tgt_boxes, labels, tgt_valid)
+        return self.criterion(outputs, mask, tgt_boxes, tgt_labels, tgt_valid, dn_outputs)
+
+
+def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool = False, seed: int = 0) -> Detector:
+    """The :class:`~src.models.contract.Detector` of a ``focus_detr`` config, from its ``model`` and ``loss`` sections.
+
+    The network is :class:`FocusDETR` itself (``(image, mask)``: no denoising queries); training runs
+    :class:`FocusDETRWithLoss`, whose forward pass takes the targets for the denoising queries.
+
+    Args:
+        model_cfg: the config's ``model`` section, ``num_classes`` resolved (:func:`src.models.build_model`).
+        loss_cfg: the config's ``loss`` section.
+        catalog: the dataset's :class:`src.data.catalog.Catalog`: its ids are the heads' classes unless
+            ``model.labels_are_category_ids``.
+        distributed: average the criterion's box count over ranks.
+        seed: unused (the denoising noise follows MindSpore's global seed).
+    """
+    section = model_cfg
+    model_cfg = {k: v for k, v in section.items()
+                 if k not in ("name", "aux_loss", "num_select", "labels_are_category_ids")}
+    model_cfg["cascade"] = tuple(model_cfg["cascade"])
+    network = FocusDETR(**model_cfg)
+    by_id = section["labels_are_category_ids"]
+    criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=section["aux_loss"],
+                                distributed=distributed,
+                                label_table=np.arange(model_cfg["num_classes"]) if by_id
+                                else catalog.id_to_label_table(), **loss_cfg)
+    category_ids = range(model_cfg["num_classes"]) if by_id else catalog.ids
+    postprocess = FocusDetectorPostProcess(section["num_select"], category_ids)
+    return Detector(network, postprocess, FocusDETRWithLoss(network, criterion),
+                    ("loss_class", "loss_bbox", "loss_giou"))
+
+
+class _Features(nn.Cell):
+    """Focus-DETR's backbone + neck as one Cell, so unpadded inference compiles them as one graph (a tuple passed
+    between two compiled graphs would compile again for every image size)."""
+
+    def __init__(self, backbone: nn.Cell, neck: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.backbone = backbone
+        self.neck = neck
+
+    def construct(self, image):
+        return self.neck(self.backbone(image))
+
+
+def unpadded_parts(net) -> list:
+    """The parts of Focus-DETR's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the ResNet backbone and the neck, as one graph.
+
+    detrex-style token selection needs each level's size as Python integers, so the transformer and post-process
+    run eagerly; a Swin backbone, whose window padding needs them too, runs eagerly as well (no part). ``net``'s
+    :class:`FocusDETR` then calls the compiled Cell from :meth:`FocusDETR.features`.
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        ``[(cell, (DYNAMIC_IMAGE,))]``, or ``[]`` for a Swin backbone.
+    """
+    focus = net.network
+    if not isinstance(focus.backbone, MultiLevelResNet):
+        return []
+    features = _Features(focus.backbone, focus.neck)
+    object.__setattr__(focus, "features", features)  # this instance's features() becomes the Cell, not a child Cell
+    return [(features, (DYNAMIC_IMAGE,))]
