@@ -70,8 +70,7 @@ class MultiheadAttention(nn.Cell):
         start = index * self.embed_dim
         weight = self.in_proj_weight[start:start + self.embed_dim]
         bias = self.in_proj_bias[start:start + self.embed_dim]
-        projected = ops.matmul(x, weight.transpose(1, 0))
-        return projected + ops.broadcast_to(bias, projected.shape)  # same-shape add: see the mask bias below
+        return ops.matmul(x, weight.transpose(1, 0)) + bias
 
     def _split_heads(self, x):
         # [B, L, E] -> [B, h, L, d]
