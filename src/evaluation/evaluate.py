@@ -25,10 +25,10 @@ from typing import Iterable
 
 import numpy as np
 
-from src.data.catalog import build_catalog, coco_catalog
+from src.data.catalog import build_catalog, coco_catalog, is_few_shot
 from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
-from src.data.sources import coco_split_paths, voc_eval_records
+from src.data.sources import class_set, coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.voc_evaluator import VocEvaluator
@@ -116,7 +116,7 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
     log = logger or logging.getLogger(__name__)
     data_cfg = cfg["data"]
     catalog = build_catalog(data_cfg, root, "val")
-    extra = {"dataset": data_cfg["dataset"], "classes": data_cfg.get("classes", "all"),
+    extra = {"dataset": data_cfg["dataset"], "classes": class_set(data_cfg),
              "categories": [{"id": i, "name": n} for i, n in zip(catalog.ids, catalog.names)],
              "split": data_cfg["val_split"], "pcb": pcb is not None}
     if data_cfg["dataset"] == "coco":
@@ -136,7 +136,7 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
 def _is_coco_class_set(data_cfg: dict, catalog) -> bool:
     """True for the DeFRCN class sets of COCO itself (its ids mean COCO's classes), where base/novel apply."""
     coco = coco_catalog().id_to_name()
-    return "classes" in data_cfg and all(coco.get(i) == n for i, n in zip(catalog.ids, catalog.names))
+    return is_few_shot(data_cfg) and all(coco.get(i) == n for i, n in zip(catalog.ids, catalog.names))
 
 
 def _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra):
@@ -179,9 +179,9 @@ def _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra):
         indices = np.vectorize(lambda c: index.get(int(c), -1), otypes=[np.int64])(np.asarray(labels))
         kept.append((file_ids, _calibrate(pcb, image_path, image_ids, scores, labels, boxes), indices, boxes))
     # The evaluator is built once the evaluated images are known, so a partial run is scored on its own images.
-    split = int(data_cfg.get("voc_split", 1))
     use_07 = all(year == 2007 for year, _ in parse_split_spec(data_cfg["val_split"]))
-    split_sets = "voc_split" in data_cfg and data_cfg.get("class_names") is None
+    split_sets = is_few_shot(data_cfg) and data_cfg["class_names"] is None
+    split = int(data_cfg["voc_split"]) if split_sets else 0
     base = [n for n in names if n in VOC_BASE_CLASSES[split]] if split_sets else []
     novel = [n for n in names if n in VOC_NOVEL_CLASSES[split]] if split_sets else []
     evaluator = VocEvaluator([records[f] for f in seen], names, use_07, base or None, novel or None)
