@@ -3,7 +3,8 @@
 Registered (:data:`MODELS`): ``detr``, ``focus_detr`` and ``defrcn``. Each name maps to its folder's ``model.py``,
 whose ``build_detector(model_cfg, loss_cfg, catalog, distributed, seed)`` returns a
 :class:`src.models.contract.Detector`; a new model is a new folder and one line in :data:`MODELS`.
-:func:`build_inference_net` is what ``eval.py``, ``infer.py`` and ``export.py`` run.
+:func:`build_inference_net` is what ``eval.py``, ``infer.py`` and ``export.py`` run; :func:`build_score_calibrator`
+gives ``src.evaluation`` a model's optional score calibrator.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 
 from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.data.catalog import build_catalog, resolve_num_classes
-from src.models.contract import Detector, InferenceNet
+from src.models.contract import Detector, InferenceNet, ScoreCalibrator
 
-__all__ = ["MODELS", "Detector", "InferenceNet", "build_inference_net", "build_model"]
+__all__ = ["MODELS", "Detector", "InferenceNet", "ScoreCalibrator", "build_inference_net", "build_model",
+           "build_score_calibrator"]
 
 MODELS = {
     "detr": "src.models.detr.model",
@@ -24,6 +26,13 @@ MODELS = {
 }
 """The registry: ``model.name`` -> the module whose ``build_detector(model_cfg, loss_cfg, catalog, distributed,
 seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``)."""
+
+
+def _model_module(cfg: dict):
+    name = cfg["model"]["name"]
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
+    return importlib.import_module(MODELS[name])
 
 
 def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
@@ -39,17 +48,14 @@ def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
     Raises:
         ValueError: for an unknown model name, or a pinned ``model.num_classes`` too small for the catalog.
     """
+    module = _model_module(cfg)
     catalog = catalog if catalog is not None else build_catalog(cfg["data"])
     cfg = resolve_num_classes(cfg, catalog)
     if "num_classes" in cfg["model"] and cfg["model"]["num_classes"] < catalog.num_classes(cfg["model"]["name"]):
         raise ValueError(f"model.num_classes={cfg['model']['num_classes']} is too small for the "
                          f"{len(catalog)} classes of {catalog.source} (ids up to {max(catalog.ids)}); set it to "
                          f"null to follow the dataset")
-    name = cfg["model"]["name"]
-    if name not in MODELS:
-        raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
-    build_detector = importlib.import_module(MODELS[name]).build_detector
-    return build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
+    return module.build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
 
 
 def build_inference_net(cfg: dict, checkpoint: str | os.PathLike, catalog=None) -> InferenceNet:
@@ -73,3 +79,17 @@ def build_inference_net(cfg: dict, checkpoint: str | os.PathLike, catalog=None) 
     net = detector.inference_network
     net.set_train(False)
     return net
+
+
+def build_score_calibrator(cfg: dict, root, cache_root: str | os.PathLike) -> ScoreCalibrator | None:
+    """The model's :class:`src.models.contract.ScoreCalibrator` for an evaluation run, or None.
+
+    A model offers one by defining ``build_score_calibrator(cfg, root, cache_root)`` in its ``model.py`` (DeFRCN:
+    PCB when ``eval.pcb_enable``); models without it get None. ``root``: the dataset root; ``cache_root``: the
+    evaluation's cache folder (the MindRecord folder), under which the calibrator keeps its own sub-folder.
+
+    Raises:
+        ValueError: an unknown model name; whatever the model's builder raises (named input errors).
+    """
+    build = getattr(_model_module(cfg), "build_score_calibrator", None)
+    return None if build is None else build(cfg, root, cache_root)
