@@ -7,7 +7,9 @@ Any COCO-format dataset (``data.dataset: coco``, its own categories) or VOC-form
 ``data.class_names``): the COCOeval table, or VOC AP50 / AP, over the dataset's classes. DeFRCN few-shot class
 sets: also bAP and nAP; VOC (``--coco_path`` is then the VOCdevkit): VOC2007 11-point AP50, nAP50 / bAP50 and
 per-class AP50; ``--set eval.pcb_enable=true eval.pcb_model=PCB.ckpt`` re-scores detections with PCB
-(support set: the config's few-shot split, ``data.shot`` / ``data.seed``). See ``src/evaluation/evaluate.py``.
+(support set: the config's few-shot split, ``data.shot`` / ``data.seed``). Each image is evaluated at its own size
+at batch 1 (``eval.unpadded``, the default, ``src/evaluation/unpadded.py``); ``--set eval.unpadded=false`` pads
+batches of ``eval.batch_size`` to the ``data.eval_pad_buckets``. See ``src/evaluation/evaluate.py``.
 """
 
 import argparse

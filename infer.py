@@ -2,6 +2,9 @@
 
 ``python infer.py --config CFG --checkpoint CKPT --images IMG|DIR|'GLOB' ... --output_dir OUT [--score_threshold 0.7]``
 
+Each image runs at its own resized size (``eval.unpadded``, the default; ``--set eval.unpadded=false`` pads it to
+a ``data.eval_pad_buckets`` entry instead).
+
 ``<name>`` is the image's stem, qualified by its parent folders when two inputs share a stem, with ``_det``
 appended when an output would land on an input (inputs are never overwritten); see ``src/infer_paths.py``.
 
@@ -23,6 +26,7 @@ from src.data.catalog import build_catalog
 from src.engine.logger import setup_logger
 from src.errors import InputError
 from src.evaluation.predict import load_image, predict
+from src.evaluation.unpadded import unpadded_inference
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names
 from src.models import build_inference_net
@@ -66,10 +70,13 @@ def main(argv=None):
     catalog = checkpoint_catalog(args.checkpoint) or build_catalog(cfg["data"])
     net = build_inference_net(cfg, args.checkpoint, catalog)
     attention = DetrAttentionNet(net.network, net.postprocess) if args.attention else None
+    unpadded = cfg["eval"]["unpadded"]
+    if unpadded:  # each image at its own size (src/evaluation/unpadded.py); eval.unpadded=false pads to a bucket
+        net = unpadded_inference(net, cfg["model"]["name"], eager=args.pynative)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path, name, image in track(images, len(images), "infer"):
-        detections = predict(net, image, cfg["data"], threshold, catalog)
+        detections = predict(net, image, cfg["data"], threshold, catalog, unpadded)
         atomic_write_text(out / f"{name}.json", json.dumps(detections, indent=1))
         drawn = cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR)
         ok, encoded = cv2.imencode(".jpg", drawn)

@@ -7,6 +7,7 @@ Entry points call :func:`init_context` once before building anything; library mo
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mindspore as ms
@@ -76,3 +77,17 @@ def init_context(device_target: str = "CPU", pynative: bool = False, distributed
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=rank_size)
     return RuntimeInfo(device_target, rank_id, rank_size, True)
+
+
+@contextmanager
+def pynative_mode():
+    """Run the enclosed code in PyNative mode and restore the previous execution mode afterwards.
+
+    Used by :class:`src.evaluation.unpadded.UnpaddedInference`, whose eager parts must not be compiled per input shape.
+    """
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)

@@ -51,7 +51,7 @@ def pipeline(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("deploy")
     coco = shared_data / "coco_tiny"
     ann_file = coco / "annotations" / "instances_val2017.json"
-    cfg = load_config(ROOT / TINY)
+    cfg = load_config(ROOT / TINY, ["eval.unpadded=false"])  # the exported graph's fixed bucket, as preprocess.py
     ms.set_seed(5)
     checkpoint = save_checkpoint(tmp / "tiny.ckpt", build_model(cfg).network)
     net = build_inference_net(cfg, checkpoint)

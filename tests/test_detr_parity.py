@@ -209,6 +209,45 @@ def test_postprocess_matches_transformers(reference):
     assert labels.dtype == ms.int32
 
 
+def test_default_eval_path_is_unpadded_and_matches_transformers(reference, converted, shared_data, tmp_path):
+    """evaluate_model's prediction loop (eval.unpadded, the default) on real coco_tiny images of three sizes equals
+    transformers run on each image unpadded, and compiles one graph for all of them."""
+    import mindspore.graph.api as graph_api
+    from transformers import DetrForObjectDetection, DetrImageProcessor
+
+    from src.data.dataset import create_dataset
+    from src.evaluation.evaluate import _predict
+    from src.models import build_inference_net
+
+    cfg = load_config(CONFIGS / "detr_r50.yaml", ["data.eval_size=224", "data.eval_max_size=320"])
+    assert cfg["eval"]["unpadded"] is True
+    root, mindrecord = str(shared_data / "coco_tiny"), str(tmp_path / "mr")
+    inputs = {}
+    for image, mask, image_id, orig_size in create_dataset(root, {**cfg["data"], "eval_pad_buckets": None}, "val",
+                                                           mindrecord, 1, max_images=3).create_tuple_iterator(
+            columns=["image", "mask", "image_id", "orig_size"], num_epochs=1):
+        assert not mask.asnumpy().any()  # nothing padded
+        inputs[int(image_id.asnumpy()[0])] = (image.asnumpy(), orig_size.asnumpy())
+    assert len({im.shape for im, _ in inputs.values()}) == 3  # three different sizes
+
+    net = build_inference_net(cfg, converted)
+    before = len(graph_api.ms_compile_cache)
+    predictions = list(_predict(net, cfg, root, mindrecord, max_images=3))
+    assert len(graph_api.ms_compile_cache) - before == 1
+
+    model = DetrForObjectDetection.from_pretrained(reference["hf_dir"]).eval()
+    processor = DetrImageProcessor()
+    for image_ids, scores, labels, boxes in predictions:
+        image, orig_size = inputs[int(image_ids[0])]
+        with torch.no_grad():
+            expected = processor.post_process_object_detection(
+                model(torch.from_numpy(image)), threshold=-1.0, target_sizes=torch.from_numpy(orig_size))[0]
+        np.testing.assert_allclose(scores[0], expected["scores"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(labels[0], expected["labels"].numpy())
+        # boxes in original pixels: 1e-4 of the image size
+        np.testing.assert_allclose(boxes[0], expected["boxes"].numpy(), atol=1e-4 * orig_size.max(), rtol=0)
+
+
 def test_hub_and_timm_layouts_convert_identically(reference, converted, tmp_path):
     expected = _load_ckpt(converted)
     from_hub = tmp_path / "from_hub.ckpt"

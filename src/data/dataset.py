@@ -15,7 +15,8 @@ Batch columns (``BATCH_COLUMNS``), B = batch size, N = ``data_cfg['max_boxes']``
   (h, w) after resizing, before padding.
 
 Each batch is padded to the smallest (by area) bucket of ``data_cfg['train_pad_buckets']`` /
-``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket.
+``['eval_pad_buckets']`` that holds all its images, so graph mode compiles once per bucket; ``eval_pad_buckets``
+None pads an evaluation batch to its own largest size only (at batch 1: no padding, ``src.evaluation.unpadded``).
 
 Training drops the last incomplete batch. Evaluation keeps every image: an incomplete last batch is filled up
 to ``batch_size`` with dummy rows (``image_id`` -1, zero image, mask False, no valid targets, sizes equal
@@ -140,11 +141,13 @@ class BatchPadder:
 
     With ``step_buckets`` (distributed training), batch ``k`` of the epoch is padded to ``step_buckets[k]``,
     the bucket of its orientation group, identical on every rank, instead of the smallest that fits it.
+    With ``buckets`` None the batch is padded to its largest height and width only (detr's own rule), so a batch of
+    one image keeps the image's size (unpadded evaluation, ``eval.unpadded``).
     """
 
-    def __init__(self, buckets: Sequence[Sequence[int]], max_boxes: int, batch_size: Optional[int] = None,
+    def __init__(self, buckets: Optional[Sequence[Sequence[int]]], max_boxes: int, batch_size: Optional[int] = None,
                  step_buckets: Optional[Sequence[Sequence[int]]] = None):
-        self.buckets = [tuple(int(v) for v in b) for b in buckets]
+        self.buckets = None if buckets is None else [tuple(int(v) for v in b) for b in buckets]
         self.max_boxes = int(max_boxes)
         self.batch_size = batch_size
         self.step_buckets = step_buckets
@@ -154,7 +157,9 @@ class BatchPadder:
         n = len(images)
         rows = max(n, self.batch_size or n)
         sizes = [im.shape[1:] for im in images]
-        if self.step_buckets is None:
+        if self.buckets is None:
+            height, width = max(int(size[0]) for size in sizes), max(int(size[1]) for size in sizes)
+        elif self.step_buckets is None:
             height, width = select_bucket(sizes, self.buckets, image_ids)
         else:
             height, width = self.step_buckets[batch_info.get_batch_num()]

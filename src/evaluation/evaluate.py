@@ -2,7 +2,8 @@
 
 :func:`evaluate_model` reads ``data.val_split`` through the one data road (``src.data.dataset.create_dataset``),
 runs the inference graph (network + post-process, detections in original-image pixels with dataset category
-ids), and :func:`score_detections` scores them with the metrics of the dataset format:
+ids; with ``eval.unpadded``, the default, each image at its own size, ``src.evaluation.unpadded``), and
+:func:`score_detections` scores them with the metrics of the dataset format:
 
 * COCO-format datasets: the 12 COCOeval bbox stats over the catalog's classes (``src.data.catalog``), following
   facebookresearch/detr ``engine.evaluate``; for the DeFRCN few-shot class sets also ``bAP*`` / ``nAP*`` on the
@@ -25,14 +26,17 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
+import mindspore as ms
 import numpy as np
 
+from src.config import ConfigError
 from src.data.catalog import build_catalog, coco_catalog, is_few_shot
 from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
 from src.data.sources import class_set, coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
+from src.evaluation.unpadded import unpadded_inference
 from src.evaluation.voc_evaluator import VocEvaluator
 from src.models import build_score_calibrator
 from src.models.contract import InferenceNet, ScoreCalibrator
@@ -42,9 +46,20 @@ EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
 
 
 def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_images: int | None):
-    """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch."""
+    """Yield ``(image_ids int64 [B], scores [B, D], labels [B, D] dataset ids, boxes [B, D, 4])`` per batch.
+
+    With ``eval.unpadded`` every image runs at its own size (:func:`src.evaluation.unpadded.unpadded_inference`);
+    otherwise batches are padded to the ``data.eval_pad_buckets``.
+    """
+    if cfg["eval"]["unpadded"] and cfg["eval"]["batch_size"] != 1:
+        raise ConfigError(f"eval.unpadded runs one image at a time; eval.batch_size is {cfg['eval']['batch_size']} "
+                          f"(set it to 1, or eval.unpadded to false for buckets)")
     net.set_train(False)
-    dataset = create_dataset(root, cfg["data"], "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
+    data_cfg = cfg["data"]
+    if cfg["eval"]["unpadded"]:
+        data_cfg = {**data_cfg, "eval_pad_buckets": None}
+        net = unpadded_inference(net, cfg["model"]["name"], eager=ms.get_context("mode") == ms.PYNATIVE_MODE)
+    dataset = create_dataset(root, data_cfg, "val", mindrecord_dir, batch_size=cfg["eval"]["batch_size"],
                              max_images=max_images)
     batches = track(dataset.create_tuple_iterator(columns=EVAL_COLUMNS, num_epochs=1),
                     dataset.get_dataset_size() * cfg["eval"]["batch_size"], f"evaluating {cfg['data']['val_split']}",
@@ -85,7 +100,8 @@ def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str | None, m
         See :func:`score_detections`.
 
     Raises:
-        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message).
+        src.errors.InputError subclasses: invalid dataset files or class lists (named in the message);
+        ``src.config.ConfigError`` for ``eval.unpadded`` with ``eval.batch_size`` other than 1.
     """
     if split is not None:
         cfg = {**cfg, "data": {**cfg["data"], "val_split": split}}

@@ -1,4 +1,4 @@
-"""Detections for image files: decode, eval resize/normalize, pad, run the inference graph, format.
+"""Detections for image files: decode, eval resize/normalize, pad (or not), run the inference graph, format.
 
 Used by ``infer.py``. Boxes come back in original-image pixels as COCO ``[x, y, w, h]``.
 """
@@ -27,8 +27,10 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(path.read_bytes(), file_name=str(path))
 
 
-def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None) -> list:
-    """Run ``net`` (an :class:`src.models.contract.InferenceNet`) on one image.
+def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, catalog=None,
+            unpadded: bool = False) -> list:
+    """Run ``net`` (an :class:`src.models.contract.InferenceNet`, or with ``unpadded`` an
+    :class:`src.evaluation.unpadded.UnpaddedInference`) on one image.
 
     Args:
         image_rgb: uint8 [H, W, 3] RGB.
@@ -36,6 +38,7 @@ def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, 
         score_threshold: keep detections with score >= this.
         catalog: :class:`src.data.catalog.Catalog` naming the category ids (default: COCO 2017's); an id outside
             it is named ``class_<id>``.
+        unpadded: run the image at its resized size instead of padding it to a bucket.
 
     Returns:
         list of dicts ``{"bbox": [x, y, w, h] pixels, "score", "category_id", "category_name"}``, sorted by
@@ -45,7 +48,7 @@ def predict(net, image_rgb: np.ndarray, data_cfg: dict, score_threshold: float, 
     height, width = image_rgb.shape[:2]
     no_boxes = np.zeros((0, 4), np.float32)
     image, _, _ = build_eval_transform(data_cfg)(image_rgb, no_boxes, np.zeros((0,), np.int32), None)
-    padder = BatchPadder(data_cfg["eval_pad_buckets"], max_boxes=1)
+    padder = BatchPadder(None if unpadded else data_cfg["eval_pad_buckets"], max_boxes=1)
     size = np.array([height, width], np.int32)
     batch = padder([image], [no_boxes], [np.zeros((0,), np.int32)], [0], [size], [np.array(image.shape[1:])])
     scores, labels, boxes = net(ms.Tensor(batch[0]), ms.Tensor(batch[1]), ms.Tensor(size[None]))

@@ -17,7 +17,7 @@ from src.data.catalog import build_catalog, resolve_num_classes
 from src.models.contract import Detector, InferenceNet, ScoreCalibrator
 
 __all__ = ["MODELS", "Detector", "InferenceNet", "ScoreCalibrator", "build_inference_net", "build_model",
-           "build_score_calibrator"]
+           "build_score_calibrator", "unpadded_parts"]
 
 MODELS = {
     "detr": "src.models.detr.model",
@@ -25,14 +25,29 @@ MODELS = {
     "defrcn": "src.models.defrcn.model",
 }
 """The registry: ``model.name`` -> the module whose ``build_detector(model_cfg, loss_cfg, catalog, distributed,
-seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``)."""
+seed)`` builds it from the config's ``model`` and ``loss`` sections (``seed``: ``train.seed``), and whose
+``unpadded_parts(inference_network)`` names the Cells unpadded evaluation compiles (:mod:`src.models.contract`)."""
 
 
-def _model_module(cfg: dict):
-    name = cfg["model"]["name"]
+def model_module(name: str):
+    """The registered module of ``model.name`` ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered (lists the registered names).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model.name {name!r}; registered: {list(MODELS)}")
     return importlib.import_module(MODELS[name])
+
+
+def unpadded_parts(name: str, net: InferenceNet) -> list:
+    """``(cell, signature)`` of the Cells of ``net``, the inference network of model ``name``, that unpadded
+    evaluation compiles once as dynamic-shape graphs (the model's ``unpadded_parts``).
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    return model_module(name).unpadded_parts(net)
 
 
 def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
@@ -48,14 +63,14 @@ def build_model(cfg: dict, distributed: bool = False, catalog=None) -> Detector:
     Raises:
         ValueError: for an unknown model name, or a pinned ``model.num_classes`` too small for the catalog.
     """
-    module = _model_module(cfg)
     catalog = catalog if catalog is not None else build_catalog(cfg["data"])
     cfg = resolve_num_classes(cfg, catalog)
     if "num_classes" in cfg["model"] and cfg["model"]["num_classes"] < catalog.num_classes(cfg["model"]["name"]):
         raise ValueError(f"model.num_classes={cfg['model']['num_classes']} is too small for the "
                          f"{len(catalog)} classes of {catalog.source} (ids up to {max(catalog.ids)}); set it to "
                          f"null to follow the dataset")
-    return module.build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
+    build_detector = model_module(cfg["model"]["name"]).build_detector
+    return build_detector(cfg["model"], cfg["loss"], catalog, distributed, cfg["train"]["seed"])
 
 
 def build_inference_net(cfg: dict, checkpoint: str | os.PathLike, catalog=None) -> InferenceNet:
@@ -91,5 +106,5 @@ def build_score_calibrator(cfg: dict, root, cache_root: str | os.PathLike) -> Sc
     Raises:
         ValueError: an unknown model name; whatever the model's builder raises (named input errors).
     """
-    build = getattr(_model_module(cfg), "build_score_calibrator", None)
+    build = getattr(model_module(cfg["model"]["name"]), "build_score_calibrator", None)
     return None if build is None else build(cfg, root, cache_root)

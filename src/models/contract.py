@@ -13,6 +13,10 @@ Tensor conventions (SPEC.md): image float32 ``[B, 3, H, W]`` normalized and zero
 True on padding; tgt_boxes float32 ``[B, N, 4]`` normalized cxcywh; tgt_labels int32 ``[B, N]`` dataset category
 ids; tgt_valid bool ``[B, N]``. Both wrappers are built with ``auto_prefix=False``: their parameter names are
 the wrapped network's, i.e. the checkpoint keys.
+
+Unpadded evaluation (``src.evaluation.unpadded``) asks each model's ``model.py`` for ``unpadded_parts(net)``: the
+Cells of its inference network that compile once as dynamic-shape graphs, with their input signatures (the
+``DYNAMIC_*`` tensors below; None marks a size that changes from image to image).
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ from typing import Protocol
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import Tensor, nn
+
+DYNAMIC_IMAGE = Tensor(shape=[1, 3, None, None], dtype=ms.float32)
+"""Signature of one normalized image of any size, float32 ``[1, 3, H, W]``."""
+DYNAMIC_MASK = Tensor(shape=[1, None, None], dtype=ms.bool_)
+"""Signature of its padding mask, bool ``[1, H, W]``."""
+DYNAMIC_MAP = Tensor(shape=[1, None, None, None], dtype=ms.float32)
+"""Signature of one feature map of any channel count and size, float32 ``[1, C, H, W]``."""
+ORIG_SIZE = Tensor(shape=[1, 2], dtype=ms.int32)
+"""Signature of the original image's (height, width), int32 ``[1, 2]``."""
 
 
 class NetWithCriterion(nn.Cell):

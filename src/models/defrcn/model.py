@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.models.contract import Detector
+from src.models.contract import DYNAMIC_IMAGE, DYNAMIC_MAP, Detector
 from src.models.defrcn.backbone import ResNetC4, build_res5
 from src.models.defrcn.gdl import DecoupledAffine
 from src.models.defrcn.losses import LOSS_NAMES, DeFRCNLossNetwork, DeFRCNWithLoss
@@ -192,3 +193,21 @@ def build_score_calibrator(cfg: dict, root, cache_root):
     from src.models.defrcn.pcb_eval import PCBCalibrator
 
     return PCBCalibrator(cfg, root, Path(cache_root) / "pcb_prototypes")
+
+
+def unpadded_parts(net) -> list:
+    """The parts of DeFRCN's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the res2-res4 trunk, the RPN head, the box head (ROIAlign + res5 on the fixed
+    ``post_nms_topk_test`` proposals) and the fast R-CNN inference, four graphs; anchors and proposal selection,
+    whose shapes follow the feature map's size, run eagerly.
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        four ``(cell, signature)`` pairs; the fast R-CNN inference has no signature (its shapes never change).
+    """
+    model = net.network.model
+    proposals = Tensor(shape=[1, model.proposal_generator.post_nms_topk_test, 4], dtype=ms.float32)
+    return [(model.backbone, (DYNAMIC_IMAGE,)), (model.proposal_generator.rpn_head, (DYNAMIC_MAP,)),
+            (model.roi_heads, (DYNAMIC_MAP, proposals)), (model.inference, ())]

@@ -14,7 +14,7 @@ from mindspore.common.initializer import Normal
 from src.backbones.resnet import RESNET_DEPTHS, Backbone
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
-from src.models.contract import Detector, NetWithCriterion
+from src.models.contract import DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE, Detector, NetWithCriterion
 from src.models.detr.criterion import build_criterion
 from src.models.detr.postprocess import PostProcess
 from src.models.detr.transformer import Transformer
@@ -117,3 +117,17 @@ def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool =
     criterion = build_criterion(num_classes=model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"],
                                 distributed=distributed, **loss_cfg)
     return Detector(network, PostProcess(), NetWithCriterion(network, criterion), ("loss_ce", "loss_bbox", "loss_giou"))
+
+
+def unpadded_parts(net) -> list:
+    """The parts of DETR's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the whole network and post-process, one graph (none of its shapes needs a Python
+    integer).
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        ``[(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]``.
+    """
+    return [(net, (DYNAMIC_IMAGE, DYNAMIC_MASK, ORIG_SIZE))]

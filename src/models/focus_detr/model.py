@@ -32,8 +32,8 @@ from mindspore.common.initializer import Normal, initializer
 
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
-from src.models.contract import Detector
-from src.models.focus_detr.backbone import build_backbone
+from src.models.contract import DYNAMIC_IMAGE, Detector
+from src.models.focus_detr.backbone import MultiLevelResNet, build_backbone
 from src.models.focus_detr.criterion import build_criterion
 from src.models.focus_detr.decoder import FocusDETRDecoder, inverse_sigmoid
 from src.models.focus_detr.dn import DenoisingQueries
@@ -295,8 +295,13 @@ class FocusDETR(nn.Cell):
             boxes.append(ops.sigmoid(self.bbox_embed[lvl](hidden[lvl]) + inverse_sigmoid(reference)))
         return ops.stack(logits), ops.stack(boxes)
 
+    def features(self, image):
+        """Neck levels of ``image`` (float32 ``[B, 3, H, W]``): a tuple of float32 ``[B, C, H_l, W_l]``, finest
+        first. Its own method so that unpadded inference (``src.evaluation.unpadded``) compiles it as one graph."""
+        return self.neck(self.backbone(image))
+
     def construct(self, image, mask, tgt_boxes=None, tgt_labels=None, tgt_valid=None):
-        feats = self.neck(self.backbone(image))
+        feats = self.features(image)
         masks = ()
         poses = ()
         for feat in feats:
@@ -493,3 +498,38 @@ def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool =
     postprocess = FocusDetectorPostProcess(section["num_select"], category_ids)
     return Detector(network, postprocess, FocusDETRWithLoss(network, criterion),
                     ("loss_class", "loss_bbox", "loss_giou"))
+
+
+class _Features(nn.Cell):
+    """Focus-DETR's backbone + neck as one Cell, so unpadded inference compiles them as one graph (a tuple passed
+    between two compiled graphs would compile again for every image size)."""
+
+    def __init__(self, backbone: nn.Cell, neck: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.backbone = backbone
+        self.neck = neck
+
+    def construct(self, image):
+        return self.neck(self.backbone(image))
+
+
+def unpadded_parts(net) -> list:
+    """The parts of Focus-DETR's inference network that compile once for every image size (see
+    :mod:`src.models.contract`): the ResNet backbone and the neck, as one graph.
+
+    detrex-style token selection needs each level's size as Python integers, so the transformer and post-process
+    run eagerly; a Swin backbone, whose window padding needs them too, runs eagerly as well (no part). ``net``'s
+    :class:`FocusDETR` then calls the compiled Cell from :meth:`FocusDETR.features`.
+
+    Args:
+        net: the :class:`src.models.contract.InferenceNet` of :func:`build_detector`.
+
+    Returns:
+        ``[(cell, (DYNAMIC_IMAGE,))]``, or ``[]`` for a Swin backbone.
+    """
+    focus = net.network
+    if not isinstance(focus.backbone, MultiLevelResNet):
+        return []
+    features = _Features(focus.backbone, focus.neck)
+    object.__setattr__(focus, "features", features)  # this instance's features() becomes the Cell, not a child Cell
+    return [(features, (DYNAMIC_IMAGE,))]
