@@ -24,8 +24,8 @@ from src.cli import run
 from src.config import load_config
 from src.data.catalog import build_catalog
 from src.engine.logger import setup_logger
-from src.engine.predict import load_image, predict
 from src.errors import InputError
+from src.evaluation.predict import load_image, predict
 from src.evaluation.unpadded import unpadded_inference
 from src.fileio import atomic_write_bytes, atomic_write_text
 from src.infer_paths import expand_inputs, output_names

@@ -69,7 +69,8 @@ def test_detector_class_ids_against_published_lists():
     assert detector_class_ids(dict(voc, classes="base")) == detector_class_ids(dict(voc, classes="all"))[:15]
     assert detector_class_ids(dict(voc, classes="novel", voc_split=2)) == (1, 5, 10, 13, 18)
     assert detector_class_ids(dict(voc, classes="novel", voc_split=3)) == (4, 8, 14, 17, 18)
-    for bad in ({"dataset": "kitti"}, {"dataset": "coco", "classes": "rare"}, {"dataset": "voc", "voc_split": 4}):
+    for bad in ({"dataset": "kitti"}, {"dataset": "coco", "classes": "rare"},
+                {"dataset": "voc", "classes": "all", "voc_split": 4}):
         with pytest.raises(ValueError, match="data."):
             detector_class_ids(bad)
 

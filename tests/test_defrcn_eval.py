@@ -234,3 +234,16 @@ def test_eval_switches_classifier_dropout_off(shared_data, tmp_path):
         assert not net.training and not detector.network.training
         runs.append(json.loads((tmp_path / f"e{i}" / "bbox_results.json").read_text()))
     assert len(runs[0]) > 0 and runs[0] == runs[1]
+
+
+def test_score_calibrator_hook_is_the_model_s_own(tmp_path):
+    """The evaluation loop asks the model for its calibrator: none for DETR, none for DeFRCN without PCB, DeFRCN's
+    PCB with eval.pcb_enable (whose missing extractor is then the one-line error naming eval.pcb_model)."""
+    from src.models import build_score_calibrator
+
+    detr = load_config("configs/detr/detr_r50.yaml")
+    assert build_score_calibrator(detr, str(tmp_path), tmp_path) is None
+    assert build_score_calibrator(load_config(TINY, ["eval.pcb_enable=false"]), str(tmp_path), tmp_path) is None
+    with pytest.raises(ValueError, match="eval.pcb_model"):
+        build_score_calibrator(load_config(TINY, ["eval.pcb_enable=true", "eval.pcb_model="]), str(tmp_path), tmp_path)
+    assert not (tmp_path / "pcb_prototypes").exists()

@@ -23,7 +23,7 @@ from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform
 from src.deploy.bin_io import DeployError
 from src.deploy.export import example_inputs, export_graph, output_path, resolve_image_size
-from src.engine.predict import load_image
+from src.evaluation.predict import load_image
 from src.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

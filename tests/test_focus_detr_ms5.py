@@ -41,7 +41,7 @@ from src.checkpoint import load_pretrained
 from src.config import family_defaults, load_config
 from src.convert_common import ConversionError, cell_param_shapes
 from src.data.transforms import build_eval_transform
-from src.engine.predict import load_image
+from src.evaluation.predict import load_image
 from src.models import build_model
 from src.models.focus_detr.convert_ms5 import map_ms5_state
 from tools.convert_weights import main as convert_main

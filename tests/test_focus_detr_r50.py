@@ -25,8 +25,8 @@ from src.data.coco import image_dir, load_coco_split
 from src.data.dataset import BatchPadder
 from src.data.transforms import build_eval_transform, prepare_target
 from src.engine.optim.adamw import build_optimizer
-from src.engine.predict import load_image
 from src.engine.train_step import TrainStep
+from src.evaluation.predict import load_image
 from src.layers.ms_deform_attn import level_start_indices
 from src.models import build_model
 from src.models.focus_detr.encoder import FocusDETREncoder

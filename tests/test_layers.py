@@ -49,6 +49,7 @@ MODULES = sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.pa
 def test_layer_order_rejects_an_upward_import():
     assert layer_of("src.models.detr.model") > layer_of("src.checkpoint")
     assert layer_of("src.engine.optim.sgd") > layer_of("src.evaluation.evaluate")
+    assert layer_of("src.evaluation.predict") < layer_of("src.engine.trainer")
     with pytest.raises(KeyError):
         layer_of("src.unknown")
 

@@ -205,7 +205,8 @@ def _write_categories(root: Path, categories, category_id=1):
 
 
 def test_bad_class_lists_are_named_and_nothing_is_written(tmp_path, shared_data):
-    cfg = {"dataset": "coco", "train_split": "train", "filter_empty": False}
+    cfg = {"dataset": "coco", "protocol": "standard", "class_names": None, "train_split": "train",
+           "filter_empty": False}
     mr = tmp_path / "mr"
     path = _write_categories(tmp_path / "unknown", [{"id": 1, "name": "cat"}], category_id=5)
     with pytest.raises(CocoFormatError, match=re.escape(str(path)) + ".*unknown category id 5"):

@@ -103,7 +103,7 @@ def test_infer_runs_each_image_at_its_own_size(shared_data, tmp_path):
     import infer
     from src.checkpoint import save_checkpoint
     from src.data.transforms import build_eval_transform
-    from src.engine.predict import load_image
+    from src.evaluation.predict import load_image
     from src.models import build_inference_net
 
     config = "configs/detr/detr_tiny.yaml"

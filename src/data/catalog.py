@@ -9,8 +9,8 @@ Where it comes from (:func:`build_catalog`):
 * a COCO-format dataset: the ``categories`` of its annotation file, ascending id order (for COCO 2017 the 80
   classes, ids 1..90 sparse). Any ids and names are accepted; ids may collide with COCO's and mean other things.
 * a VOC-format dataset: ``data.class_names`` (default the 20 Pascal VOC classes), class ``k`` has id ``k + 1``.
-* the DeFRCN few-shot class sets (``data.classes``: base | novel, or ``all`` of a VOC split): the TFA tables of
-  ``src.data.sources``.
+* the DeFRCN few-shot class sets (``data.protocol: few_shot``, then ``data.classes``: base | novel, or ``all`` of a
+  VOC split): the TFA tables of ``src.data.sources``.
 
 Training labels per model family (:meth:`Catalog.num_classes`): DETR keeps id-indexed labels (label = dataset id,
 ``num_classes = max id + 1``; the 91-way COCO head of the released weights still loads, ids that are no class are
@@ -26,6 +26,10 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from src.errors import InputError
+
+PROTOCOLS = ("standard", "few_shot")
+"""``data.protocol``: ``standard`` (the dataset's own classes) | ``few_shot`` (DeFRCN/TFA class sets: ``data.classes``,
+``data.voc_split``, ``data.few_shot_root``; base / novel metrics)."""
 
 ID_INDEXED_MODELS = ("detr",)
 """Model families whose class index is the dataset category id (softmax head of ``max id + 1`` classes)."""
@@ -155,36 +159,52 @@ def voc_class_names(data_cfg: dict) -> Tuple[str, ...]:
     """``data.class_names`` of a VOC-format dataset (default the 20 Pascal VOC classes, ``src.data.voc``)."""
     from src.data.voc import VOC_CLASSES
 
-    names = data_cfg.get("class_names")
+    names = data_cfg["class_names"]
     return tuple(VOC_CLASSES) if names is None else Catalog.from_names(names, "data.class_names").names
+
+
+def is_few_shot(data_cfg: dict) -> bool:
+    """True when ``data.protocol`` is ``few_shot`` (the DeFRCN/TFA class sets), False for ``standard``.
+
+    Raises:
+        ValueError: ``data.protocol`` is not one of :data:`PROTOCOLS`.
+    """
+    protocol = data_cfg["protocol"]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol == "few_shot"
 
 
 def build_catalog(data_cfg: dict, root=None, which: str = "train") -> Catalog:
     """The catalog of a data config (see the module docstring).
 
     Args:
-        data_cfg: the ``data`` config section (``dataset``, ``classes``, ``class_names``, ``voc_split``).
+        data_cfg: the ``data`` config section (``dataset``, ``protocol``, ``class_names``; for ``few_shot``
+            also ``classes``, ``voc_split``, ``few_shot_root``).
         root: dataset root; needed for a COCO-format dataset with ``classes: all`` (its categories are read from
             the annotation file of ``data.{which}_split``). Without it, COCO's own 80 classes are assumed.
         which: "train" or "val": whose annotation file names the classes.
 
     Raises:
         CatalogError: an empty or duplicate class list, an unreadable annotation file (named).
-        ValueError: an unknown ``data.dataset``, ``data.classes`` or ``data.voc_split``.
+        ValueError: an unknown ``data.dataset``, ``data.protocol``, ``data.classes`` or ``data.voc_split``.
     """
-    from src.data.sources import coco_split_paths, detector_class_ids, detector_class_names
+    from src.data.sources import class_set, coco_split_paths, detector_class_ids, detector_class_names
 
-    dataset, classes = data_cfg["dataset"], data_cfg.get("classes", "all")
+    dataset, classes = data_cfg["dataset"], class_set(data_cfg)
     if dataset == "voc":
         names = voc_class_names(data_cfg)
-        if classes == "all" and (data_cfg.get("class_names") is not None or "voc_split" not in data_cfg):
+        if classes == "all" and (data_cfg["class_names"] is not None or not is_few_shot(data_cfg)):
             return Catalog.from_names(names, "data.class_names")
         position = {n: k + 1 for k, n in enumerate(names)}
         chosen = detector_class_names(data_cfg)
         return Catalog(tuple(position[n] for n in chosen), tuple(chosen), f"VOC classes {classes}")
-    few_shot = which == "train" and bool(data_cfg.get("few_shot_root"))
+    few_shot = which == "train" and is_few_shot(data_cfg) and bool(data_cfg["few_shot_root"])
     if dataset == "coco" and classes == "all" and root is not None and not few_shot:
         return Catalog.from_coco_json(coco_split_paths(root, str(data_cfg[f"{which}_split"]))[0])
+    if not is_few_shot(data_cfg):
+        coco = coco_catalog()
+        return Catalog(coco.ids, coco.names, "COCO classes all")
     ids, names = detector_class_ids(data_cfg), detector_class_names(data_cfg)
     return Catalog(tuple(ids), tuple(names), f"COCO classes {classes}")
 

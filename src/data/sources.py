@@ -6,7 +6,7 @@ come from the catalog (``src.data.catalog.build_catalog``): COCO-format records 
 VOC-format records carry ``1 + index`` in the dataset's class list (``data.class_names``, default the 20 Pascal
 VOC classes: aeroplane = 1 .. tvmonitor = 20).
 
-DeFRCN class sets (``data.classes``): a detector's contiguous label ``k`` is the class
+DeFRCN class sets (``data.protocol: few_shot``, ``data.classes``): a detector's contiguous label ``k`` is the class
 ``detector_class_ids(data_cfg)[k]``.
 
 Orders follow TFA/DeFRCN ``data/builtin_meta.py``: COCO classes in ascending id order (all 80, the 60 base or
@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from src.data.catalog import Catalog, build_catalog, voc_class_names
+from src.data.catalog import Catalog, build_catalog, is_few_shot, voc_class_names
 from src.data.coco import CocoFormatError, EmptySplitError, ImageRecord, check_image_file, load_coco_annotations
 from src.data.coco_classes import COCO_CATEGORY_NAMES
 from src.data.few_shot import (
@@ -78,14 +78,23 @@ def _dataset(data_cfg: dict) -> str:
 
 
 def _class_set(data_cfg: dict) -> str:
-    classes = data_cfg.get("classes", "all")
+    classes = data_cfg["classes"]
     if classes not in CLASS_SETS:
         raise ValueError(f"data.classes must be one of {CLASS_SETS}, got {classes!r}")
     return classes
 
 
+def class_set(data_cfg: dict) -> str:
+    """The class set a config trains and predicts: ``data.classes`` under ``data.protocol: few_shot``, else ``all``.
+
+    Raises:
+        ValueError: an unknown ``data.protocol`` or ``data.classes`` (names the key).
+    """
+    return _class_set(data_cfg) if is_few_shot(data_cfg) else "all"
+
+
 def _voc_split(data_cfg: dict) -> int:
-    split = data_cfg.get("voc_split", 1)
+    split = data_cfg["voc_split"]
     if split not in VOC_NOVEL_CLASSES:
         raise ValueError(f"data.voc_split must be one of {sorted(VOC_NOVEL_CLASSES)}, got {split!r}")
     return int(split)
@@ -95,8 +104,8 @@ def detector_class_names(data_cfg: dict) -> Tuple[str, ...]:
     """Names of the classes the detector predicts, in its contiguous label order.
 
     Args:
-        data_cfg: the ``data`` config section; reads ``dataset`` (coco | voc, default coco), ``classes``
-            (all | base | novel, default all) and, for VOC, ``voc_split`` (1 | 2 | 3, default 1).
+        data_cfg: the ``data`` config section of the few-shot protocol; reads ``dataset`` (coco | voc),
+            ``classes`` (all | base | novel) and, for VOC, ``voc_split`` (1 | 2 | 3).
 
     Returns:
         COCO names (e.g. ``"traffic light"``) or VOC names (e.g. ``"tvmonitor"``), same order as
@@ -468,10 +477,10 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    dataset, classes = _dataset(data_cfg), _class_set(data_cfg)
+    dataset, classes = _dataset(data_cfg), class_set(data_cfg)
     catalog = build_catalog(data_cfg, root, which)
     split = str(data_cfg[f"{which}_split"])
-    few_shot = which == "train" and bool(data_cfg.get("few_shot_root"))
+    few_shot = which == "train" and is_few_shot(data_cfg) and bool(data_cfg["few_shot_root"])
     filter_empty = which == "train" and bool(data_cfg["filter_empty"])
     suffix = "_nonempty" if filter_empty else ""
     if few_shot:
@@ -486,7 +495,7 @@ def build_source(root, data_cfg: dict, which: str) -> Source:
     if dataset == "coco":
         ann, images = coco_split_paths(root, split)
         return CocoSource(f"coco_{split}_{classes}{suffix}", ann, images, catalog.ids, filter_empty)
-    voc_set = _voc_split(data_cfg) if "voc_split" in data_cfg else ""
+    voc_set = _voc_split(data_cfg) if is_few_shot(data_cfg) else ""
     name = f"voc_{split}_{classes}{voc_set}{suffix}"
     return VocSource(name, Path(root), split, catalog, filter_empty, voc_class_names(data_cfg))
 
@@ -505,7 +514,7 @@ def coco_split_source(root, split: str) -> CocoSource:
         src.data.catalog.CatalogError: a missing or malformed annotation file, or an empty or duplicate
             category list (the message names the file).
     """
-    return build_source(root, {"dataset": "coco", "classes": "all", "val_split": split}, "val")
+    return build_source(root, {"dataset": "coco", "protocol": "standard", "val_split": split}, "val")
 
 
 def load_source(root, data_cfg: dict, which: str, check_files: bool = True,

@@ -12,8 +12,10 @@ ids; with ``eval.unpadded``, the default, each image at its own size, ``src.eval
   VOC2007, as DeFRCN ``PascalVOCDetectionEvaluator``), AP over IoU 0.50:0.95 and AP75, per-class AP50, and for the
   DeFRCN VOC splits ``bAP50`` / ``nAP50`` (``src.evaluation.voc_evaluator``); ground truth from the XML files.
 
-With ``eval.pcb_enable`` (DeFRCN) every image's detections are re-scored by PCB (``src.models.defrcn.pcb_eval``) before
-they reach the evaluator. Difference: DeFRCN's overall COCO AP averages over every category of the annotation
+A model that supplies a score calibrator (``src.models.build_score_calibrator``; DeFRCN's PCB with
+``eval.pcb_enable``) re-scores every image's detections before they reach the evaluator.
+
+Difference: DeFRCN's overall COCO AP averages over every category of the annotation
 file; here it averages over the detector's classes (equal for the 80-class gFSOD detector; for base training or
 FSOD it equals bAP or nAP instead of being diluted by classes the detector cannot predict).
 """
@@ -28,16 +30,16 @@ import mindspore as ms
 import numpy as np
 
 from src.config import ConfigError
-from src.data.catalog import build_catalog, coco_catalog
+from src.data.catalog import build_catalog, coco_catalog, is_few_shot
 from src.data.dataset import create_dataset
 from src.data.few_shot import COCO_BASE_IDS, COCO_NOVEL_IDS, VOC_BASE_CLASSES, VOC_NOVEL_CLASSES
-from src.data.sources import coco_split_paths, voc_eval_records
+from src.data.sources import class_set, coco_split_paths, voc_eval_records
 from src.data.voc import parse_split_spec, voc_file_id
 from src.evaluation.few_shot_metrics import FewShotCocoEvaluator
 from src.evaluation.unpadded import unpadded_inference
 from src.evaluation.voc_evaluator import VocEvaluator
-from src.models.contract import InferenceNet
-from src.models.defrcn.pcb_eval import build_pcb
+from src.models import build_score_calibrator
+from src.models.contract import InferenceNet, ScoreCalibrator
 from src.progress import track
 
 EVAL_COLUMNS = ["image", "mask", "image_id", "orig_size"]
@@ -67,14 +69,14 @@ def _predict(net: InferenceNet, cfg: dict, root: str, mindrecord_dir: str, max_i
         yield image_id.asnumpy(), scores.asnumpy(), labels.asnumpy(), boxes.asnumpy()
 
 
-def _calibrate(pcb, image_path, image_ids, scores, labels, boxes) -> np.ndarray:
-    """Scores of a batch after PCB (unchanged without PCB); padding rows (image id < 0) are skipped."""
-    if pcb is None:
+def _calibrate(calibrator, image_path, image_ids, scores, labels, boxes) -> np.ndarray:
+    """Scores of a batch after the calibrator (unchanged without one); padding rows (image id < 0) are skipped."""
+    if calibrator is None:
         return scores
     scores = np.array(scores, np.float32)
     for row, image_id in enumerate(np.asarray(image_ids).reshape(-1).tolist()):
         if image_id >= 0:
-            scores[row] = pcb(image_path(int(image_id)), scores[row], labels[row], boxes[row])
+            scores[row] = calibrator(image_path(int(image_id)), scores[row], labels[row], boxes[row])
     return scores
 
 
@@ -82,7 +84,8 @@ def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str | None, m
                    output_dir: str | Path | None = None, max_images: int | None = None, logger=None) -> dict:
     """Run ``net`` over ``split`` of the dataset at ``root`` and score it (see the module docstring).
 
-    PCB prototypes (DeFRCN, ``eval.pcb_enable``) are cached in ``mindrecord_dir/pcb_prototypes``.
+    The model's score calibrator, if it supplies one, may cache under ``mindrecord_dir`` (DeFRCN's PCB prototypes:
+    ``mindrecord_dir/pcb_prototypes``).
 
     Args:
         net: the inference graph (weights loaded); set to eval mode here (so dropout is off).
@@ -102,12 +105,13 @@ def evaluate_model(net: InferenceNet, cfg: dict, root: str, split: str | None, m
     """
     if split is not None:
         cfg = {**cfg, "data": {**cfg["data"], "val_split": split}}
-    pcb = build_pcb(cfg, root, Path(mindrecord_dir) / "pcb_prototypes")
-    return score_detections(cfg, root, _predict(net, cfg, root, mindrecord_dir, max_images), output_dir, pcb, logger)
+    calibrator = build_score_calibrator(cfg, root, mindrecord_dir)
+    batches = _predict(net, cfg, root, mindrecord_dir, max_images)
+    return score_detections(cfg, root, batches, output_dir, calibrator, logger)
 
 
 def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir: str | Path | None = None,
-                     pcb=None, logger=None) -> dict:
+                     calibrator: ScoreCalibrator | None = None, logger=None) -> dict:
     """Score post-processed detections of ``data.val_split`` with the COCO or VOC metrics of ``cfg``.
 
     Args:
@@ -117,8 +121,9 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
             ids (-1: empty slot), boxes float [B, D, 4] xyxy original pixels)`` per batch. Only the images that
             appear are scored.
         output_dir: gets ``metrics.json`` (``{"bbox": stats, "num_images", "num_detections", "dataset",
-            "classes", "split", "pcb", ...}``) and, for COCO, ``bbox_results.json``.
-        pcb: a :class:`src.models.defrcn.pcb_eval.PCBCalibrator` re-scoring each image first, or None.
+            "classes", "split", ...}``, with ``{calibrator.name.lower(): true}`` when calibrated) and, for COCO,
+            ``bbox_results.json``.
+        calibrator: a :class:`src.models.contract.ScoreCalibrator` re-scoring each image first, or None.
         logger: where the summary lines go (default: this module's logger).
 
     Returns:
@@ -132,14 +137,17 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
     log = logger or logging.getLogger(__name__)
     data_cfg = cfg["data"]
     catalog = build_catalog(data_cfg, root, "val")
-    extra = {"dataset": data_cfg["dataset"], "classes": data_cfg.get("classes", "all"),
+    extra = {"dataset": data_cfg["dataset"], "classes": class_set(data_cfg),
              "categories": [{"id": i, "name": n} for i, n in zip(catalog.ids, catalog.names)],
-             "split": data_cfg["val_split"], "pcb": pcb is not None}
+             "split": data_cfg["val_split"]}
+    if calibrator is not None:
+        extra[calibrator.name.lower()] = True
     if data_cfg["dataset"] == "coco":
-        stats, num_images = _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra)
+        stats, num_images = _score_coco(data_cfg, catalog, root, batches, output_dir, calibrator, extra)
     else:
-        stats, num_images = _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra)
-    log.info("evaluated %d images of %s%s", num_images, data_cfg["val_split"], " with PCB" if pcb else "")
+        stats, num_images = _score_voc(data_cfg, catalog, root, batches, output_dir, calibrator, extra)
+    log.info("evaluated %d images of %s%s", num_images, data_cfg["val_split"],
+             f" with {calibrator.name}" if calibrator is not None else "")
     for prefix, title in (("", "overall"), ("b", "base"), ("n", "novel")):
         if f"{prefix}AP50" in stats:
             log.info("%-7s %sAP %.4f %sAP50 %.4f %sAP75 %.4f", title, prefix, stats[f"{prefix}AP"], prefix,
@@ -152,10 +160,10 @@ def score_detections(cfg: dict, root: str, batches: Iterable[tuple], output_dir:
 def _is_coco_class_set(data_cfg: dict, catalog) -> bool:
     """True for the DeFRCN class sets of COCO itself (its ids mean COCO's classes), where base/novel apply."""
     coco = coco_catalog().id_to_name()
-    return "classes" in data_cfg and all(coco.get(i) == n for i, n in zip(catalog.ids, catalog.names))
+    return is_few_shot(data_cfg) and all(coco.get(i) == n for i, n in zip(catalog.ids, catalog.names))
 
 
-def _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra):
+def _score_coco(data_cfg, catalog, root, batches, output_dir, calibrator, extra):
     class_ids = catalog.ids
     ann, images_folder = coco_split_paths(root, data_cfg["val_split"])
     split_sets = _is_coco_class_set(data_cfg, catalog)
@@ -169,7 +177,7 @@ def _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra):
         return images_folder / images[image_id]["file_name"]
 
     for image_ids, scores, labels, boxes in batches:
-        evaluator.update(image_ids, _calibrate(pcb, image_path, image_ids, scores, labels, boxes), labels, boxes)
+        evaluator.update(image_ids, _calibrate(calibrator, image_path, image_ids, scores, labels, boxes), labels, boxes)
     stats = evaluator.evaluate()
     if output_dir is not None:
         evaluator.write_results(Path(output_dir) / "bbox_results.json")
@@ -177,7 +185,7 @@ def _score_coco(data_cfg, catalog, root, batches, output_dir, pcb, extra):
     return stats, len(set(evaluator.image_ids))
 
 
-def _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra):
+def _score_voc(data_cfg, catalog, root, batches, output_dir, calibrator, extra):
     names = catalog.names
     index = {int(c): k for k, c in enumerate(catalog.ids)}
     records = {r.file_id: r for r in voc_eval_records(root, data_cfg)}
@@ -193,11 +201,11 @@ def _score_voc(data_cfg, catalog, root, batches, output_dir, pcb, extra):
             raise KeyError(f"images {unknown} are not in VOC split {data_cfg['val_split']}")
         seen.update((f, None) for f in file_ids if f)
         indices = np.vectorize(lambda c: index.get(int(c), -1), otypes=[np.int64])(np.asarray(labels))
-        kept.append((file_ids, _calibrate(pcb, image_path, image_ids, scores, labels, boxes), indices, boxes))
+        kept.append((file_ids, _calibrate(calibrator, image_path, image_ids, scores, labels, boxes), indices, boxes))
     # The evaluator is built once the evaluated images are known, so a partial run is scored on its own images.
-    split = int(data_cfg.get("voc_split", 1))
     use_07 = all(year == 2007 for year, _ in parse_split_spec(data_cfg["val_split"]))
-    split_sets = "voc_split" in data_cfg and data_cfg.get("class_names") is None
+    split_sets = is_few_shot(data_cfg) and data_cfg["class_names"] is None
+    split = int(data_cfg["voc_split"]) if split_sets else 0
     base = [n for n in names if n in VOC_BASE_CLASSES[split]] if split_sets else []
     novel = [n for n in names if n in VOC_NOVEL_CLASSES[split]] if split_sets else []
     evaluator = VocEvaluator([records[f] for f in seen], names, use_07, base or None, novel or None)

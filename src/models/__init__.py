@@ -3,7 +3,8 @@
 Registered (:data:`MODELS`): ``detr``, ``focus_detr`` and ``defrcn``. Each name maps to its folder's ``model.py``,
 whose ``build_detector(model_cfg, loss_cfg, catalog, distributed, seed)`` returns a
 :class:`src.models.contract.Detector`; a new model is a new folder and one line in :data:`MODELS`.
-:func:`build_inference_net` is what ``eval.py``, ``infer.py`` and ``export.py`` run.
+:func:`build_inference_net` is what ``eval.py``, ``infer.py`` and ``export.py`` run; :func:`build_score_calibrator`
+gives ``src.evaluation`` a model's optional score calibrator.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 
 from src.checkpoint import checkpoint_catalog, load_pretrained
 from src.data.catalog import build_catalog, resolve_num_classes
-from src.models.contract import Detector, InferenceNet
+from src.models.contract import Detector, InferenceNet, ScoreCalibrator
 
-__all__ = ["MODELS", "Detector", "InferenceNet", "build_inference_net", "build_model", "unpadded_parts"]
+__all__ = ["MODELS", "Detector", "InferenceNet", "ScoreCalibrator", "build_inference_net", "build_model",
+           "build_score_calibrator", "unpadded_parts"]
 
 MODELS = {
     "detr": "src.models.detr.model",
@@ -92,3 +94,17 @@ def build_inference_net(cfg: dict, checkpoint: str | os.PathLike, catalog=None) 
     net = detector.inference_network
     net.set_train(False)
     return net
+
+
+def build_score_calibrator(cfg: dict, root, cache_root: str | os.PathLike) -> ScoreCalibrator | None:
+    """The model's :class:`src.models.contract.ScoreCalibrator` for an evaluation run, or None.
+
+    A model offers one by defining ``build_score_calibrator(cfg, root, cache_root)`` in its ``model.py`` (DeFRCN:
+    PCB when ``eval.pcb_enable``); models without it get None. ``root``: the dataset root; ``cache_root``: the
+    evaluation's cache folder (the MindRecord folder), under which the calibrator keeps its own sub-folder.
+
+    Raises:
+        ValueError: an unknown model name; whatever the model's builder raises (named input errors).
+    """
+    build = getattr(model_module(cfg["model"]["name"]), "build_score_calibrator", None)
+    return None if build is None else build(cfg, root, cache_root)

@@ -5,6 +5,9 @@
   whose forward pass needs them (Focus-DETR's denoising queries, DeFRCN's proposal sampling) provides its own Cell.
 * Inference: ``(image, mask, orig_size) -> (scores, labels, boxes)``, :class:`InferenceNet`: the network followed
   by the model's post-processing (what eval.py, infer.py and export.py run).
+* Optionally, a host-side :class:`ScoreCalibrator` that re-scores each evaluated image's detections (DeFRCN's PCB);
+  a model supplies it with a ``build_score_calibrator(cfg, root, cache_root)`` function in its ``model.py``
+  (``src.models.build_score_calibrator``).
 
 Tensor conventions (SPEC.md): image float32 ``[B, 3, H, W]`` normalized and zero-padded; mask bool ``[B, H, W]``,
 True on padding; tgt_boxes float32 ``[B, N, 4]`` normalized cxcywh; tgt_labels int32 ``[B, N]`` dataset category
@@ -19,8 +22,11 @@ Cells of its inference network that compile once as dynamic-shape graphs, with t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn
 
 DYNAMIC_IMAGE = Tensor(shape=[1, 3, None, None], dtype=ms.float32)
@@ -107,3 +113,19 @@ class Detector:
 
     def __post_init__(self):
         self.inference_network = InferenceNet(self.network, self.postprocess)
+
+
+class ScoreCalibrator(Protocol):
+    """Re-scores one image's post-processed detections on the host, before the evaluator sees them.
+
+    Attributes:
+        name: what the evaluation log and ``metrics.json`` call it (DeFRCN: "PCB", written as ``"pcb": true``).
+
+    Call: ``(image_path, scores float [D], labels int [D] dataset category ids (-1: empty slot, left unchanged),
+    boxes float [D, 4] xyxy original-image pixels) -> float32 [D]`` calibrated scores.
+    """
+
+    name: str
+
+    def __call__(self, image_path: Path, scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        ...

@@ -19,6 +19,8 @@ The training losses wrap this Cell in :class:`src.models.defrcn.losses.DeFRCNWit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mindspore as ms
 from mindspore import Tensor, nn
 
@@ -172,6 +174,25 @@ def build_detector(model_cfg: dict, loss_cfg: dict, catalog, distributed: bool =
     model.update_parameters_name()
     return Detector(DeFRCNNetwork(model), DeFRCNPostprocess(class_ids), DeFRCNLossNetwork(with_loss, class_ids),
                     LOSS_NAMES)
+
+
+def build_score_calibrator(cfg: dict, root, cache_root):
+    """DeFRCN's evaluation hook: a :class:`src.models.defrcn.pcb_eval.PCBCalibrator` when ``eval.pcb_enable``, else
+    None (see :class:`src.models.contract.ScoreCalibrator`).
+
+    Args:
+        cfg: the config (``data`` and the ``eval.pcb_*`` keys).
+        root: dataset root (the support images are read from it).
+        cache_root: the evaluation's cache folder; prototypes are cached in its ``pcb_prototypes/``.
+
+    Raises:
+        as :class:`src.models.defrcn.pcb_eval.PCBCalibrator`.
+    """
+    if not cfg["eval"]["pcb_enable"]:
+        return None
+    from src.models.defrcn.pcb_eval import PCBCalibrator
+
+    return PCBCalibrator(cfg, root, Path(cache_root) / "pcb_prototypes")
 
 
 def unpadded_parts(net) -> list:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import cv2
 import mindspore as ms
@@ -163,6 +163,9 @@ def support_prototypes(extractor, extractor_id: str, root, data_cfg: dict, cache
 class PCBCalibrator:
     """DeFRCN's PCB for an evaluation run: call it on each test image's post-processed detections.
 
+    A :class:`src.models.contract.ScoreCalibrator` (``name`` "PCB"), built by DeFRCN's
+    :func:`src.models.defrcn.model.build_score_calibrator`.
+
     Args:
         cfg: the config (``data`` and the ``eval.pcb_*`` keys).
         root: dataset root (``--coco_path``).
@@ -172,6 +175,8 @@ class PCBCalibrator:
         FileNotFoundError, ValueError, KeyError: a missing or unusable ``eval.pcb_model``, or support data
             errors from ``src.data.sources`` (named).
     """
+
+    name = "PCB"
 
     def __init__(self, cfg: dict, root, cache_dir: str | Path):
         eval_cfg, data_cfg = cfg["eval"], cfg["data"]
@@ -204,8 +209,3 @@ class PCBCalibrator:
         if not (index >= 0).any():
             return np.asarray(scores, np.float32).reshape(-1)
         return calibrate_image(self.extractor, self.calibration, read_image_bgr(image_path), boxes, scores, index)
-
-
-def build_pcb(cfg: dict, root, cache_dir: str | Path) -> Optional[PCBCalibrator]:
-    """A :class:`PCBCalibrator` when ``eval.pcb_enable`` is set, else None."""
-    return PCBCalibrator(cfg, root, cache_dir) if cfg["eval"].get("pcb_enable") else None

@@ -336,7 +336,7 @@ def convert_detr_checkpoint(source, output, model_cfg: dict, detect_backbone: bo
             hub_state = hf_to_hub(state)[0]
         elif is_reimpl_layout(state):
             hub_state = reimpl_to_hub(state)[0]
-        model_cfg["backbone"] = infer_backbone(hub_state) or model_cfg.get("backbone", "resnet50")
+        model_cfg["backbone"] = infer_backbone(hub_state) or model_cfg["backbone"]
     params = map_to_model(state, model_param_shapes(model_cfg))
     save_checkpoint_atomic(params, output)
-    return {"num_params": len(params), "backbone": model_cfg.get("backbone", "resnet50")}
+    return {"num_params": len(params), "backbone": model_cfg["backbone"]}
