@@ -81,7 +81,7 @@ def test_infer_writes_the_planned_names_and_keeps_inputs(tmp_path, images, monke
     monkeypatch.setattr(infer, "checkpoint_catalog", lambda path: None)  # the config's (COCO) classes
     monkeypatch.setattr(infer, "build_inference_net",
                         lambda cfg, path, catalog: SimpleNamespace(network=None, postprocess=None))
-    monkeypatch.setattr(infer, "predict", lambda net, image, data_cfg, threshold, catalog: [detection])
+    monkeypatch.setattr(infer, "predict", lambda net, image, data_cfg, threshold, catalog, unpadded: [detection])
     out = tmp_path / "out"
     inside = _link(out / "cat.jpg", images[0])  # its drawing would be out/cat.jpg
     other = _link(tmp_path / "a" / "cat_det.jpg", images[1])  # the protected input's new name

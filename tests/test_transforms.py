@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src.config import family_defaults
 from src.data.dataset import BatchPadder, select_bucket
 from src.data.transforms import (
     Compose,
@@ -144,7 +145,8 @@ def test_random_size_crop_bounds_and_reproducibility():
 
 def test_eval_transform_size():
     image = np.zeros((427, 640, 3), np.uint8)
-    out, _, _ = build_eval_transform({"eval_size": 800, "eval_max_size": 1333})(
+    data_cfg = {**family_defaults("detr")["data"], "eval_size": 800, "eval_max_size": 1333}
+    out, _, _ = build_eval_transform(data_cfg)(
         image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), None)
     assert out.shape == (3, 800, 1199)
 

@@ -378,8 +378,8 @@ def build_train_transform(data_cfg: dict, keep_orientation: bool = False) -> Com
 def build_eval_transform(data_cfg: dict) -> Compose:
     """detr ``make_coco_transforms('val')``: short side ``eval_size``, long side at most ``eval_max_size``.
 
-    ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry; ``data_cfg["resize_rounding"]`` (default detr)
-    a ``RESIZE_ROUNDINGS`` entry (detectron2's test-time ``ResizeShortestEdge`` for DeFRCN). With
+    ``data_cfg["normalize"]`` is a ``NORMALIZE_MODES`` entry; ``data_cfg["resize_rounding"]`` a
+    ``RESIZE_ROUNDINGS`` entry (detectron2's test-time ``ResizeShortestEdge`` for DeFRCN). With
     ``data_cfg["fixed_size"]`` = [h, w] the image is then resized to exactly that size (csm-kr/detr_pytorch's
     test transform: short side 800, then ``Resize((1024, 1024))``).
     """
