@@ -29,7 +29,8 @@ VARIANTS = ("full", "frozen", "noaux", "enc0", "recompute")
 
 
 def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) -> dict:
-    """RSS (MiB) after build, after compile and after each step, and the peak, for one DETR-R50 step variant."""
+    """RSS (MiB) after build, after compile and after each step (and its seconds), and the peak, for one DETR-R50
+    step variant."""
     import mindspore as ms
 
     from benchmarks.bench_detr import _targets
@@ -69,7 +70,9 @@ def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) 
         result["compile_s"] = time.perf_counter() - start
         result["compiled_rss_mb"] = rss_mb()
     for i in range(iters):
+        start = time.perf_counter()
         step_cell(image, mask, *targets)[0].asnumpy()
+        result[f"step{i}_s"] = time.perf_counter() - start
         result[f"step{i}_rss_mb"] = rss_mb()
     result["peak_rss_mb"] = peak_mb()
     return result
