@@ -10,11 +10,16 @@ Two measurements, each in its own subprocess (peak RSS per process, as ``bench_d
 * ``convs``: ``N`` identical 3x3 convolutions (64 channels, batch 2, 200x267, as ``layer1`` of an 800x1066
   image) with ReLU, forward and gradients with respect to the weights and the input, in graph mode or PyNative:
   how the resident memory grows with the number of convolution nodes in one graph.
+* ``chain``: ``N`` small links with gradients on a ``[2, 768, 256]`` tensor, graph mode: ``mul``
+  (``relu(x * b + 0.5)``, ``b`` of shape ``[256]``, a broadcasting multiply), ``mul_expanded`` (the same with ``b``
+  broadcast to ``x``'s shape first) or ``matmul`` (``relu(x @ W)``, ``W`` ``[256, 256]``): RSS growth per link, the
+  probe behind the heap profile in ``benchmarks/README.md``.
 
 Run from the repository root (the 800x1066 ``detr`` rows need about 9 GB)::
 
     python -m benchmarks.bench_train_memory detr --variants full frozen --height 384 --width 512
     python -m benchmarks.bench_train_memory convs --counts 1 5 10 [--pynative] [--conv forward]
+    python -m benchmarks.bench_train_memory chain --counts 10 40 --link mul
 """
 
 import argparse
@@ -123,26 +128,68 @@ def run_convs(count: int, pynative: bool, conv: str) -> dict:
             "grad_growth_mb": rss_mb() - base, "peak_rss_mb": peak_mb(), "grad_s": float(np.median(times[2:]))}
 
 
+def run_chain(count: int, link: str) -> dict:
+    """RSS (MiB) after 3 graph-mode gradient calls of a chain of ``count`` links (``link``: ``mul``,
+    ``mul_expanded`` or ``matmul``) on a ``[2, 768, 256]`` float32 tensor, and the peak."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from src.runtime import init_context
+
+    init_context("CPU", pynative=False)
+    rng = np.random.default_rng(0)
+    shape = (256, 256) if link == "matmul" else (256,)
+
+    class Chain(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.weights = ms.ParameterTuple([ms.Parameter(ms.Tensor(rng.random(shape, dtype=np.float32) * 0.05),
+                                                           name=f"w{i}") for i in range(count)])
+
+        def construct(self, x):
+            for w in self.weights:
+                if link == "matmul":
+                    x = ops.relu(ops.matmul(x, w))
+                elif link == "mul_expanded":
+                    x = ops.relu(x * ops.broadcast_to(w, x.shape) + 0.5)
+                else:
+                    x = ops.relu(x * w + 0.5)
+            return x.sum()
+
+    chain = Chain()
+    grad_fn = ms.jit(ms.value_and_grad(chain, None, chain.trainable_params()))
+    x = ms.Tensor(rng.random((2, 768, 256), dtype=np.float32))
+    base = rss_mb()
+    for _ in range(3):
+        grad_fn(x)[0].asnumpy()
+    return {"count": count, "link": link, "grad_growth_mb": rss_mb() - base, "peak_rss_mb": peak_mb()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("detr", "convs"))
+    parser.add_argument("what", choices=("detr", "convs", "chain"))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["full"])
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--iters", type=int, default=2, help="training steps after compilation")
-    parser.add_argument("--counts", nargs="+", type=int, default=[1, 5, 10], help="convolutions per chain")
+    parser.add_argument("--counts", nargs="+", type=int, default=[1, 5, 10], help="convolutions or links per chain")
     parser.add_argument("--conv", choices=("builtin", "forward"), default="builtin",
                         help="convs: MindSpore's convolution gradients or ForwardGradConv2d's")
+    parser.add_argument("--link", choices=("mul", "mul_expanded", "matmul"), default="mul",
+                        help="chain: the link repeated --counts times")
     parser.add_argument("--pynative", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         if args.what == "detr":
             print_result(run_detr(args.worker, args.height, args.width, args.pynative, args.iters))
-        else:
+        elif args.what == "convs":
             print_result(run_convs(int(args.worker), args.pynative, args.conv))
+        else:
+            print_result(run_chain(int(args.worker), args.link))
         return
-    common = ["--height", args.height, "--width", args.width, "--iters", args.iters, "--conv", args.conv]
+    common = ["--height", args.height, "--width", args.width, "--iters", args.iters, "--conv", args.conv,
+              "--link", args.link]
     common += ["--pynative"] if args.pynative else []
     items = args.variants if args.what == "detr" else args.counts
     for item in items:
