@@ -14,6 +14,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform, initializer
 
+from src.layers.softmax import LastAxisSoftmax
+
 # Finite stand-in for -inf on masked keys: exp() underflows to exactly 0, and a fully masked row gives a
 # uniform distribution instead of NaN.
 _MASK_VALUE = -1e9
@@ -64,6 +66,7 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
         self.attn_drop = nn.Dropout(p=dropout)
+        self.softmax = LastAxisSoftmax()
 
     def _project(self, x, index):
         # Row block ``index`` of the packed projection: 0 -> q, 1 -> k, 2 -> v.
@@ -99,6 +102,6 @@ class MultiheadAttention(nn.Cell):
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)
             scores = scores + ops.broadcast_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
-        weights = ops.softmax(scores, axis=-1)
+        weights = self.softmax(scores)  # its gradient avoids a broadcasting Sub (src/layers/softmax.py)
         out = ops.matmul(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         return self.out_proj(out), weights
