@@ -16,9 +16,15 @@ alone, reported with the RSS after imports and their difference; throughput excl
 layer is fixed by the static shapes, not by the values (the selection keeps a fixed number of tokens).
 
 It also prints an analytical estimate of the encoder's GFLOPs for both variants (:func:`encoder_gflops`), so the
-encoder saving is visible even where the backbone dominates the measured time. Run from the repository root::
+encoder saving is visible even where the backbone dominates the measured time.
+
+``--train VARIANT ...`` measures the training step instead (:func:`run_train`: the trainer's ``TrainStep``, batch
+``--batch``, graph mode): the RSS after building, after ``compile`` and after each of ``--iters`` steps, one process
+per variant of :data:`TRAIN_VARIANTS` (the recipe with one part removed: backbone frozen, no denoising, no auxiliary
+losses, one decoder layer, one encoder layer), to find where training memory goes. Run from the repository root::
 
     python -m benchmarks.bench_focus_detr [--height 800 --width 1333] [--warmup 1] [--iters 3]
+    python -m benchmarks.bench_focus_detr --train full frozen dec1 --height 384 --width 640 --batch 1 --iters 3
 """
 
 import argparse
