@@ -11,7 +11,8 @@ input size, the same 42 trainable backbone tensors (printed). Each side runs in 
 
 Groups: convolution forward, backward-input, backward-weight (PyTorch's ``convolution_backward`` computes both in
 one operator, so its row is the sum, shown under backward-input, with MindSpore's two rows summed beside it),
-matmul/dense, softmax (and its gradient), element-wise, reductions (including LayerNorm and its gradient),
+matmul/dense (PyTorch's fused CPU attention kernel, ``_scaled_dot_product_*``, which also does the
+softmax, counts here), softmax (and its gradient), element-wise, reductions (including LayerNorm and its gradient),
 optimizer (AdamW and gradient clipping on the PyTorch side, ``AdamWeightDecay`` on ours; our clipping's norms
 land in reductions/element-wise), other (layout copies, casts, matching, ...). Run from the repository root::
 
@@ -38,6 +39,7 @@ GROUPS = ("conv forward", "conv backward-input", "conv backward-weight", "matmul
 
 # (group, pattern on the MindSpore kernel type), first match wins.
 MS_RULES = (
+    ("other", r"MaxPool"),
     ("conv backward-input", r"^Conv2DBackpropInput"),
     ("conv backward-weight", r"^Conv2DBackpropFilter"),
     ("conv forward", r"^Conv2D$"),
@@ -50,6 +52,8 @@ MS_RULES = (
                      r"LogicalNot|Select|Dropout\w*|Floor|Erf|Reciprocal|ZerosLike|OnesLike|Clip\w*|\w*Grad)$"),
 )
 TORCH_RULES = (
+    ("other", r"max_pool"),
+    ("matmul/dense", r"^aten::_scaled_dot_product"),
     ("conv backward-input", r"^aten::(convolution_backward|mkldnn_convolution_backward\w*)$"),
     ("conv forward", r"^aten::(mkldnn_convolution|_convolution|convolution|thnn_conv2d\w*|_slow_conv2d\w*)$"),
     ("matmul/dense", r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear|_addmm_activation)$"),
