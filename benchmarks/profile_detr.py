@@ -97,8 +97,11 @@ def _profile_mindspore(train: bool, height: int, width: int, warmup: int, iters:
         if not tables:
             raise RuntimeError(f"mindspore.profiler wrote no cpu_op_type_info_*.csv under {out_dir}")
         with open(tables[0], newline="") as f:
-            per_type = {row["op_type"]: float(row["total_compute_time"]) / iters for row in csv.DictReader(f)}
-    return {"per_type_ms": dict(per_type), "trainable_backbone_tensors": len(mindspore_trainable_backbone(network))}
+            rows = list(csv.DictReader(f))
+        per_type = {row["op_type"]: float(row["total_compute_time"]) / iters for row in rows}
+        launches = {row["op_type"]: int(row["type_occurrences"]) // iters for row in rows}
+    return {"per_type_ms": per_type, "launches_per_step": launches,
+            "trainable_backbone_tensors": len(mindspore_trainable_backbone(network))}
 
 
 def _profile_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:

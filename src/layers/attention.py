@@ -26,14 +26,6 @@ def _additive(mask):
     return mask.astype(ms.float32) * _MASK_VALUE
 
 
-def key_padding_bias(key_padding_mask, num_heads: int, num_queries: int):
-    """Additive float32 bias ``[B, num_heads, num_queries, Lk]`` for a ``[B, Lk]`` bool key-padding mask (True on
-    padding), expanded to the scores' shape: pass it as ``attn_bias`` to every attention over the same keys, so a
-    stack of layers builds it once (DETR's six encoder layers share one, its six cross-attentions another)."""
-    b, lk = key_padding_mask.shape
-    return ops.broadcast_to(_additive(key_padding_mask)[:, None, None, :], (b, num_heads, num_queries, lk))
-
-
 class MultiheadAttention(nn.Cell):
     """Scaled dot-product multi-head attention.
 
@@ -49,8 +41,6 @@ class MultiheadAttention(nn.Cell):
         key_padding_mask (Tensor[bool] or None): ``[B, Lk]``, True for keys to ignore (padding).
         attn_mask (Tensor[bool] or None): ``[Lq, Lk]`` (shared by the batch) or ``[B, Lq, Lk]``, True where query
             ``i`` may not attend to key ``j`` (torch's boolean ``attn_mask``; e.g. DINO's denoising groups).
-        attn_bias (Tensor[float32] or None): ``[B, h, Lq, Lk]``, added to the scores; the key-padding mask already
-            turned into a bias by :func:`key_padding_bias` (then leave ``key_padding_mask`` None).
 
     Outputs:
         Tensor[float32]: ``[B, Lq, E]``. :meth:`attend` also returns the attention weights.
@@ -87,10 +77,10 @@ class MultiheadAttention(nn.Cell):
         b, length, _ = x.shape
         return x.reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def construct(self, query, key, value, key_padding_mask=None, attn_mask=None, attn_bias=None):
-        return self.attend(query, key, value, key_padding_mask, attn_mask, attn_bias)[0]
+    def construct(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        return self.attend(query, key, value, key_padding_mask, attn_mask)[0]
 
-    def attend(self, query, key, value, key_padding_mask=None, attn_mask=None, attn_bias=None):
+    def attend(self, query, key, value, key_padding_mask=None, attn_mask=None):
         """As ``construct``, returning ``(output [B, Lq, E], weights [B, h, Lq, Lk])``: the softmax weights per
         head before dropout (transformers' ``output_attentions``); in graph mode an unused second output costs
         nothing."""
@@ -104,9 +94,7 @@ class MultiheadAttention(nn.Cell):
         # The bias is expanded to the scores' shape before the add: a broadcasting add in a compiled training
         # graph kept about 2 GB more at DETR-R50's 800x1066 batch-2 step (benchmarks/README.md).
         if key_padding_mask is not None:
-            scores = scores + key_padding_bias(key_padding_mask, self.num_heads, lq)
-        if attn_bias is not None:
-            scores = scores + attn_bias
+            scores = scores + ops.broadcast_to(_additive(key_padding_mask)[:, None, None, :], scores.shape)
         if attn_mask is not None:
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)

@@ -15,7 +15,7 @@ are unchanged, so torch weights load without transposes.
 from mindspore import nn, ops
 from mindspore.common.initializer import XavierUniform, initializer
 
-from src.layers.attention import MultiheadAttention, key_padding_bias
+from src.layers.attention import MultiheadAttention
 
 
 class TransformerEncoderLayer(nn.Cell):
@@ -23,8 +23,7 @@ class TransformerEncoderLayer(nn.Cell):
 
     Inputs:
         src (Tensor[float32]): ``[B, S, C]``.
-        padding_bias (Tensor[float32]): ``[B, h, S, S]``, the key-padding mask as an additive bias
-            (:func:`src.layers.attention.key_padding_bias`), built once for the whole encoder.
+        key_padding_mask (Tensor[bool]): ``[B, S]``, True on padding.
         pos (Tensor[float32]): ``[B, S, C]``.
 
     Outputs:
@@ -42,9 +41,9 @@ class TransformerEncoderLayer(nn.Cell):
         self.dropout1 = nn.Dropout(p=dropout)
         self.dropout2 = nn.Dropout(p=dropout)
 
-    def construct(self, src, padding_bias, pos):
+    def construct(self, src, key_padding_mask, pos):
         q = src + pos
-        attended, weights = self.self_attn.attend(q, q, src, attn_bias=padding_bias)
+        attended, weights = self.self_attn.attend(q, q, src, key_padding_mask)
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout(ops.relu(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn)), weights
@@ -56,8 +55,7 @@ class TransformerDecoderLayer(nn.Cell):
     Inputs:
         tgt (Tensor[float32]): ``[B, Q, C]``.
         memory (Tensor[float32]): ``[B, S, C]``.
-        memory_padding_bias (Tensor[float32]): ``[B, h, Q, S]``, the memory's key-padding mask as an additive bias
-            (:func:`src.layers.attention.key_padding_bias`), built once for the whole decoder.
+        memory_key_padding_mask (Tensor[bool]): ``[B, S]``, True on padding.
         pos (Tensor[float32]): ``[B, S, C]`` memory positional encoding (added to the cross-attention keys).
         query_pos (Tensor[float32]): ``[B, Q, C]`` query embedding (added to self-attn q/k, cross-attn q).
 
@@ -79,11 +77,10 @@ class TransformerDecoderLayer(nn.Cell):
         self.dropout2 = nn.Dropout(p=dropout)
         self.dropout3 = nn.Dropout(p=dropout)
 
-    def construct(self, tgt, memory, memory_padding_bias, pos, query_pos):
+    def construct(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
-        cross, weights = self.multihead_attn.attend(tgt + query_pos, memory + pos, memory,
-                                                    attn_bias=memory_padding_bias)
+        cross, weights = self.multihead_attn.attend(tgt + query_pos, memory + pos, memory, memory_key_padding_mask)
         tgt = self.norm2(tgt + self.dropout2(cross))
         ffn = self.linear2(self.dropout(ops.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(ffn)), weights
@@ -98,16 +95,14 @@ class TransformerEncoder(nn.Cell):
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.nhead = nhead
         self.layers = nn.CellList(
             [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)]
         )
 
     def construct(self, src, key_padding_mask, pos):
-        bias = key_padding_bias(key_padding_mask, self.nhead, src.shape[1])
         weights = None
         for layer in self.layers:
-            src, weights = layer(src, bias, pos)
+            src, weights = layer(src, key_padding_mask, pos)
         return src, weights
 
 
@@ -121,18 +116,16 @@ class TransformerDecoder(nn.Cell):
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.nhead = nhead
         self.layers = nn.CellList(
             [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)]
         )
         self.norm = nn.LayerNorm((d_model,), epsilon=1e-5)
 
     def construct(self, tgt, memory, memory_key_padding_mask, pos, query_pos):
-        bias = key_padding_bias(memory_key_padding_mask, self.nhead, tgt.shape[1])
         intermediate = []
         weights = None
         for layer in self.layers:
-            tgt, weights = layer(tgt, memory, bias, pos, query_pos)
+            tgt, weights = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
             intermediate.append(self.norm(tgt))
         return ops.stack(intermediate), weights
 
