@@ -14,7 +14,7 @@ Two measurements, each in its own subprocess (peak RSS per process, as ``bench_d
 Run from the repository root (the 800x1066 ``detr`` rows need about 9 GB)::
 
     python -m benchmarks.bench_train_memory detr --variants full frozen --height 384 --width 512
-    python -m benchmarks.bench_train_memory convs --counts 1 5 10 [--pynative]
+    python -m benchmarks.bench_train_memory convs --counts 1 5 10 [--pynative] [--conv forward]
 """
 
 import argparse
@@ -29,7 +29,8 @@ VARIANTS = ("full", "frozen", "noaux", "enc0", "recompute")
 
 
 def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) -> dict:
-    """RSS (MiB) after build, after compile and after each step, and the peak, for one DETR-R50 step variant."""
+    """RSS (MiB) after build, after compile and after each step (and its seconds), and the peak, for one DETR-R50
+    step variant."""
     import mindspore as ms
 
     from benchmarks.bench_detr import _targets
@@ -37,6 +38,7 @@ def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) 
     from src.data.catalog import resolve_num_classes
     from src.engine.optim.adamw import build_optimizer
     from src.engine.train_step import TrainStep
+    from src.models.contract import NetWithCriterion
     from src.models.detr.criterion import build_criterion
     from src.models.detr.model import build_detr
     from src.runtime import init_context
@@ -55,7 +57,7 @@ def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) 
                 block.recompute()
     criterion = build_criterion(model_cfg["num_classes"], aux_loss=model_cfg["aux_loss"], **cfg["loss"])
     optimizer = build_optimizer(network, cfg["train"], steps_per_epoch=1000)
-    step_cell = TrainStep(network, criterion, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
+    step_cell = TrainStep(NetWithCriterion(network, criterion), optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
     step_cell.set_train(True)
     batch = 2
     image = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32))
@@ -68,17 +70,25 @@ def run_detr(variant: str, height: int, width: int, pynative: bool, iters: int) 
         result["compile_s"] = time.perf_counter() - start
         result["compiled_rss_mb"] = rss_mb()
     for i in range(iters):
+        start = time.perf_counter()
         step_cell(image, mask, *targets)[0].asnumpy()
+        result[f"step{i}_s"] = time.perf_counter() - start
         result[f"step{i}_rss_mb"] = rss_mb()
     result["peak_rss_mb"] = peak_mb()
     return result
 
 
-def run_convs(count: int, pynative: bool) -> dict:
-    """RSS growth (MiB) of ``count`` chained 3x3 convolutions: forward only, then forward and gradients."""
+def run_convs(count: int, pynative: bool, conv: str) -> dict:
+    """RSS growth (MiB) of ``count`` chained 3x3 convolutions: forward only, then forward and gradients.
+
+    ``conv``: ``builtin`` (``nn.Conv2d``, MindSpore's gradient kernels) or ``forward``
+    (:class:`benchmarks.forward_grad_conv.ForwardGradConv2d`, gradients from forward convolutions). Also returns the
+    median seconds of the last 3 gradient calls.
+    """
     import mindspore as ms
     from mindspore import nn, ops
 
+    from benchmarks.forward_grad_conv import ForwardGradConv2d
     from src.runtime import init_context
 
     init_context("CPU", pynative=pynative)
@@ -87,10 +97,14 @@ def run_convs(count: int, pynative: bool) -> dict:
         def __init__(self):
             super().__init__()
             self.convs = nn.CellList([nn.Conv2d(64, 64, 3, pad_mode="pad", padding=1) for _ in range(count)])
+            self.forward_grad = ForwardGradConv2d() if conv == "forward" else None
 
         def construct(self, x):
-            for conv in self.convs:
-                x = ops.relu(conv(x))
+            for layer in self.convs:
+                if self.forward_grad is None:
+                    x = ops.relu(layer(x))
+                else:
+                    x = ops.relu(self.forward_grad(x, layer.weight, 1, 1, 1))
             return x.sum()
 
     chain = Chain()
@@ -100,10 +114,13 @@ def run_convs(count: int, pynative: bool) -> dict:
         chain(x).asnumpy()
     forward = rss_mb() - base
     grad_fn = ms.value_and_grad(chain, 0, chain.trainable_params())
-    for _ in range(2):
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
         grad_fn(x)[0].asnumpy()
-    return {"count": count, "pynative": pynative, "forward_growth_mb": forward,
-            "grad_growth_mb": rss_mb() - base, "peak_rss_mb": peak_mb()}
+        times.append(time.perf_counter() - start)
+    return {"count": count, "pynative": pynative, "conv": conv, "forward_growth_mb": forward,
+            "grad_growth_mb": rss_mb() - base, "peak_rss_mb": peak_mb(), "grad_s": float(np.median(times[2:]))}
 
 
 def main(argv=None) -> None:
@@ -114,6 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--iters", type=int, default=2, help="training steps after compilation")
     parser.add_argument("--counts", nargs="+", type=int, default=[1, 5, 10], help="convolutions per chain")
+    parser.add_argument("--conv", choices=("builtin", "forward"), default="builtin",
+                        help="convs: MindSpore's convolution gradients or ForwardGradConv2d's")
     parser.add_argument("--pynative", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,9 +140,9 @@ def main(argv=None) -> None:
         if args.what == "detr":
             print_result(run_detr(args.worker, args.height, args.width, args.pynative, args.iters))
         else:
-            print_result(run_convs(int(args.worker), args.pynative))
+            print_result(run_convs(int(args.worker), args.pynative, args.conv))
         return
-    common = ["--height", args.height, "--width", args.width, "--iters", args.iters]
+    common = ["--height", args.height, "--width", args.width, "--iters", args.iters, "--conv", args.conv]
     common += ["--pynative"] if args.pynative else []
     items = args.variants if args.what == "detr" else args.counts
     for item in items:
