@@ -19,8 +19,8 @@ land in reductions/element-wise), other (layout copies, casts, matching, ...). R
     python -m benchmarks.profile_detr --mode infer                            # 800x1066, batch 1
     python -m benchmarks.profile_detr --mode train --height 384 --width 512   # batch 2
 
-Times are per step (the profiled total divided by ``--iters``); the profiler's own overhead makes them a few
-percent larger than ``bench_detr.py``'s.
+Times are per step (the profiled total divided by ``--iters``), kernel time only: they leave out what the
+wall-clock figures of ``bench_detr.py`` also include (graph launch, Python, host copies).
 """
 
 from __future__ import annotations
