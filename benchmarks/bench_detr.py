@@ -83,7 +83,10 @@ def torch_trainable_backbone(model) -> list:
     return [n for n, p in model.named_parameters() if "backbone" in n and p.requires_grad]
 
 
-def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
+def mindspore_step(train: bool, height: int, width: int):
+    """This port's DETR-R50 (graph mode, random weights) and a closure running one inference (batch 1) or one
+    training step (batch 2) on a random ``[B, 3, height, width]`` float32 image; returns ``(step, network)``.
+    Call after :func:`src.runtime.init_context`."""
     import mindspore as ms
 
     from src.config import load_config
@@ -93,10 +96,7 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
     from src.models.contract import NetWithCriterion
     from src.models.detr.criterion import build_criterion
     from src.models.detr.model import build_detr
-    from src.runtime import init_context
 
-    init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
-    base_rss = rss_mb()
     cfg = resolve_num_classes(load_config(os.path.join("configs", "detr", "detr_r50.yaml")))
     model_cfg = {k: v for k, v in cfg["model"].items() if k != "name"}
     network = build_detr(**model_cfg)
@@ -121,17 +121,28 @@ def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int)
             logits, _ = network(image, mask)
             logits.asnumpy()
 
+    return step, network
+
+
+def run_mindspore(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
+    from src.runtime import init_context
+
+    init_context("CPU")  # graph mode; also selects oneDNN's fast AVX2 convolutions (see src/runtime.py)
+    base_rss = rss_mb()
+    step, network = mindspore_step(train, height, width)
     warm, per_step = time_steps(step, warmup, iters)
+    batch = 2 if train else 1
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
             "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(),
             "trainable_backbone_tensors": len(mindspore_trainable_backbone(network))}
 
 
-def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
+def torch_step(train: bool, height: int, width: int):
+    """The reference (:func:`torch_reference`, seed 0) and a closure running the same work as
+    :func:`mindspore_step`; returns ``(step, model)``."""
     import torch
 
     torch.manual_seed(0)
-    base_rss = rss_mb()
     model = torch_reference(train)
     batch = 2 if train else 1
     image = torch.randn(batch, 3, height, width)
@@ -159,7 +170,16 @@ def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> 
             with torch.no_grad():
                 model(image, pixel_mask=pixel_mask)
 
+    return step, model
+
+
+def run_torch(train: bool, height: int, width: int, warmup: int, iters: int) -> dict:
+    import torch
+
+    base_rss = rss_mb()
+    step, model = torch_step(train, height, width)
     warm, per_step = time_steps(step, warmup, iters)
+    batch = 2 if train else 1
     return {"batch": batch, "warmup_s": warm, "step_s": per_step, "images_per_s": batch / per_step,
             "base_rss_mb": base_rss, "peak_rss_mb": peak_mb(), "threads": torch.get_num_threads(),
             "trainable_backbone_tensors": len(torch_trainable_backbone(model))}

@@ -16,14 +16,21 @@ alone, reported with the RSS after imports and their difference; throughput excl
 layer is fixed by the static shapes, not by the values (the selection keeps a fixed number of tokens).
 
 It also prints an analytical estimate of the encoder's GFLOPs for both variants (:func:`encoder_gflops`), so the
-encoder saving is visible even where the backbone dominates the measured time. Run from the repository root::
+encoder saving is visible even where the backbone dominates the measured time.
+
+``--train VARIANT ...`` measures the training step instead (:func:`run_train`: the trainer's ``TrainStep``, batch
+``--batch``, graph mode): the RSS after building, after ``compile`` and after each of ``--iters`` steps, one process
+per variant of :data:`TRAIN_VARIANTS` (the recipe with one part removed: backbone frozen, no denoising, no auxiliary
+losses, one decoder layer, one encoder layer), to find where training memory goes. Run from the repository root::
 
     python -m benchmarks.bench_focus_detr [--height 800 --width 1333] [--warmup 1] [--iters 3]
+    python -m benchmarks.bench_focus_detr --train full frozen dec1 --height 384 --width 640 --batch 1 --iters 3
 """
 
 import argparse
 import json
 import os
+import sys
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -32,6 +39,17 @@ from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss
 
 CONFIG = os.path.join("configs", "focus_detr", "focus_detr_r50_4scale_12ep.yaml")
 MEASUREMENTS = ("focus", "dense")
+TRAIN_VARIANTS = {
+    "full": [],
+    "frozen": ["model.train_backbone=false"],
+    "nodn": ["model.dn_number=0"],
+    "noaux": ["model.aux_loss=false"],
+    "dec1": ["model.dec_layers=1"],
+    "enc1": ["model.enc_layers=1"],
+}
+"""``--train`` variants: config overrides of the recipe, each removing one part of the training graph."""
+
+
 def encoder_gflops(spatial_shapes: Sequence[Tuple[int, int]], model_cfg: dict, token_selection: bool) -> float:
     """Multiply-add count x 2 of the encoder's matrix products and deformable sampling, in GFLOPs (batch 1).
 
@@ -103,9 +121,56 @@ def run(token_selection: bool, height: int, width: int, warmup: int, iters: int)
             "encoder_gflops": encoder_gflops(level_shapes_of((height, width), 4), cfg["model"], token_selection)}
 
 
+def run_train(variant: str, height: int, width: int, batch: int, iters: int) -> dict:
+    """RSS (MiB) after build, after ``compile`` and after each step of one Focus-DETR R50 training step variant.
+
+    The step is the trainer's (:class:`src.engine.train_step.TrainStep` over ``build_model(cfg).train_network``,
+    AdamW, the recipe's clip) on a random image with :func:`benchmarks.bench_detr._targets`' random boxes; runs in
+    a worker process (graph mode). ``variant`` is a key of :data:`TRAIN_VARIANTS`.
+    """
+    import time
+
+    import mindspore as ms
+
+    from benchmarks.bench_detr import _targets
+    from src.config import load_config
+    from src.data.catalog import resolve_num_classes
+    from src.engine.optim.adamw import build_optimizer
+    from src.engine.train_step import TrainStep
+    from src.models import build_model
+    from src.runtime import init_context
+
+    init_context("CPU")
+    result = {"variant": variant, "batch": batch, "base_rss_mb": rss_mb()}
+    cfg = resolve_num_classes(load_config(CONFIG, TRAIN_VARIANTS[variant]))
+    detector = build_model(cfg)
+    optimizer = build_optimizer(detector.network, cfg["train"], steps_per_epoch=1000)
+    step_cell = TrainStep(detector.train_network, optimizer, clip_max_norm=cfg["train"]["clip_max_norm"])
+    step_cell.set_train(True)
+    image = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32))
+    mask = ms.Tensor(np.zeros((batch, height, width), bool))
+    targets = [ms.Tensor(t) for t in _targets(batch, cfg["data"]["max_boxes"])]
+    result["built_rss_mb"] = rss_mb()
+    print(f"progress {result}", file=sys.stderr, flush=True)  # visible if the watchdog kills the step
+    start = time.perf_counter()
+    step_cell.compile(image, mask, *targets)
+    result["compile_s"] = time.perf_counter() - start
+    result["compiled_rss_mb"] = rss_mb()
+    print(f"progress {result}", file=sys.stderr, flush=True)
+    for i in range(iters):
+        start = time.perf_counter()
+        step_cell(image, mask, *targets)[0].asnumpy()
+        result[f"step{i}_s"] = time.perf_counter() - start
+        result[f"step{i}_rss_mb"] = rss_mb()
+        print(f"progress {result}", file=sys.stderr, flush=True)
+    result["peak_rss_mb"] = peak_mb()
+    return result
+
+
 def _measure(name: str, args) -> dict:
     return measure_in_subprocess("benchmarks.bench_focus_detr", name, ["--height", args.height, "--width", args.width,
-                                                                       "--warmup", args.warmup, "--iters", args.iters])
+                                                                       "--warmup", args.warmup, "--iters", args.iters,
+                                                                       "--batch", args.batch])
 
 
 def main(argv=None) -> None:
@@ -114,13 +179,25 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (include compilation)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations")
-    parser.add_argument("--worker", choices=MEASUREMENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--train", nargs="+", choices=tuple(TRAIN_VARIANTS), metavar="VARIANT",
+                        help=f"measure training-step RSS instead, one process per variant: {', '.join(TRAIN_VARIANTS)}")
+    parser.add_argument("--batch", type=int, default=2, help="training batch size (--train only)")
+    parser.add_argument("--worker", choices=MEASUREMENTS + tuple(f"train_{v}" for v in TRAIN_VARIANTS),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker and args.worker.startswith("train_"):
+        print_result(run_train(args.worker[len("train_"):], args.height, args.width, args.batch, args.iters))
+        return
     if args.worker:
         result = run(args.worker == "focus", args.height, args.width, args.warmup, args.iters)
         print_result(result)
         return
 
+    if args.train:
+        print(f"Focus-DETR R50 4-scale training step, batch {args.batch}, {args.height}x{args.width}, RSS MB")
+        for variant in args.train:
+            print(json.dumps(_measure(f"train_{variant}", args)), flush=True)
+        return
     results = {}
     for name in MEASUREMENTS:
         results[name] = _measure(name, args)

@@ -20,9 +20,9 @@ def prefer_avx2_cpu_kernels() -> None:
     """Cap oneDNN at AVX2 unless the user chose an ISA (``ONEDNN_MAX_CPU_ISA``).
 
     MindSpore 2.10's CPU convolutions take an AVX-512 oneDNN path that ran 50-150x slower than the
-    AVX2 one on our Xeon CI machines (a 3x3 conv, 64 channels, 2x40x40: 0.55 s vs 0.009 s; see
-    benchmarks/README.md). oneDNN reads the variable at its first primitive, so this must run before
-    any Cell executes; :func:`init_context` calls it for CPU.
+    AVX2 one on our Xeon CI machines (a 3x3 conv, 64 channels, 2x40x40: 0.55 s vs 0.009 s) and 69-266x
+    slower on an AMD EPYC with AVX-512 (see benchmarks/README.md). oneDNN reads the variable at its first
+    primitive, so this must run before any Cell executes; :func:`init_context` calls it for CPU.
     """
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 

@@ -78,7 +78,9 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     weights = attention_weights.transpose(0, 2, 1, 3, 4).reshape(
         batch * num_heads, 1, num_queries, num_levels * num_points
     )
-    out = (sampled * weights).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
+    # Expanded to the samples' shape before the multiply: on MindSpore's CPU backend a broadcasting multiply over
+    # this (largest) tensor keeps several copies of it for the life of a compiled graph (benchmarks/README.md).
+    out = (sampled * ops.broadcast_to(weights, sampled.shape)).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
     return out.transpose(0, 2, 1)
 
 
@@ -165,7 +167,7 @@ class MSDeformAttn(nn.Cell):
 
         value = self.value_proj(value)
         if key_padding_mask is not None:
-            value = ops.masked_fill(value, key_padding_mask[..., None], 0.0)
+            value = ops.masked_fill(value, ops.broadcast_to(key_padding_mask[..., None], value.shape), 0.0)
         value = value.reshape(batch, num_tokens, h, self.head_dim)
 
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, h, lv, p, 2)

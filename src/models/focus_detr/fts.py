@@ -175,7 +175,8 @@ def top_down_foreground_scores(memory, padding_mask, spatial_shapes: Sequence[Tu
         mem = memory[:, begin:end]
         if coarse is not None:
             up = upsample_align_corners(coarse, (height, width)).reshape(batch, height * width, 1)
-            mem = mem + mem * up * alpha[num_levels - 2 - lvl]
+            # Expanded before the multiply: a broadcasting one over [B, H*W, C] is costly in CPU graphs.
+            mem = mem + mem * ops.broadcast_to(up, mem.shape) * alpha[num_levels - 2 - lvl]
         score = mask_predictor(mem, padding_mask[:, begin:end])
         scores = (score,) + scores
         coarse = score.reshape(batch, height, width)

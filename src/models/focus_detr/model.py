@@ -364,7 +364,7 @@ class FocusTransformer(nn.Cell):
 
     def _process_memory(self, memory, invalid):
         # detrex zeroes padded tokens and tokens with an out-of-range default proposal, then projects + norms.
-        memory = ops.masked_fill(memory, invalid.expand_dims(-1), 0.0)
+        memory = ops.masked_fill(memory, ops.broadcast_to(invalid.expand_dims(-1), memory.shape), 0.0)
         return self.enc_output_norm(self.enc_output(memory))
 
     def construct(self, feats, masks, poses, rho: float, cascade: Tuple[float, ...], dn_query=None,
@@ -390,8 +390,11 @@ class FocusTransformer(nn.Cell):
         spatial_shapes = tuple((int(f.shape[2]), int(f.shape[3])) for f in feats)
         feat_flatten = ops.concat([f.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1) for f in feats], axis=1)
         mask_flatten = ops.concat([m.reshape(batch, -1) for m in masks], axis=1)
+        # The level embedding is expanded before the add (broadcasting adds are costly in CPU graphs).
         pos_flatten = ops.concat(
-            [p.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1) + self.level_embeds[lvl].reshape(1, 1, -1)
+            [p.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1)
+             + ops.broadcast_to(self.level_embeds[lvl].reshape(1, 1, -1), (batch, p.shape[2] * p.shape[3],
+                                                                          self.embed_dim))
              for lvl, p in enumerate(poses)], axis=1)
         num_tokens = feat_flatten.shape[1]
         if self.num_queries > num_tokens:

@@ -44,10 +44,13 @@ class GroupNorm(nn.Cell):
         """Normalize ``x`` (Tensor[float32] ``[B, C, H, W]``); returns the same shape."""
         batch, channels, height, width = x.shape
         grouped = x.reshape(batch, self.num_groups, -1)
-        mean = grouped.mean(axis=-1, keep_dims=True)
-        var = ops.square(grouped - mean).mean(axis=-1, keep_dims=True)
-        normed = ((grouped - mean) / ops.sqrt(var + self.eps)).reshape(batch, channels, height, width)
-        return normed * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        # Statistics and affine parameters are expanded to the full shape before each element-wise op: broadcasting
+        # ones keep tensor-sized buffers per node in a compiled CPU graph (benchmarks/README.md, Focus-DETR memory).
+        centered = grouped - ops.broadcast_to(grouped.mean(axis=-1, keep_dims=True), grouped.shape)
+        var = ops.square(centered).mean(axis=-1, keep_dims=True)
+        normed = (centered / ops.broadcast_to(ops.sqrt(var + self.eps), grouped.shape)).reshape(x.shape)
+        return (normed * ops.broadcast_to(self.weight.reshape(1, -1, 1, 1), x.shape)
+                + ops.broadcast_to(self.bias.reshape(1, -1, 1, 1), x.shape))
 
 
 class ConvNorm(nn.Cell):
