@@ -92,7 +92,9 @@ class MultiheadAttention(nn.Cell):
         start = index * self.embed_dim
         weight = self.in_proj_weight[start:start + self.embed_dim]
         bias = self.in_proj_bias[start:start + self.embed_dim]
-        return ops.matmul(x, weight.transpose(1, 0)) + bias
+        # ops.dense adds the bias with BiasAdd: a broadcasting ``+ bias`` keeps 16 bytes per output element in a
+        # compiled CPU training graph (benchmarks/README.md, "Who holds it").
+        return ops.dense(x, weight, bias)
 
     def _split_heads(self, x):
         # [B, L, E] -> [B, h, L, d]
