@@ -57,10 +57,8 @@ def conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x):
     scales the small weight tensor instead of the large activation and replaces the broadcast add by a bias
     add: on CPU this removes about a quarter of a ResNet-50 forward's time (MindSpore's profiler, DETR-R50 at
     800x1066). Gradients still reach ``conv.weight`` (``scale`` is constant). The parameters keep their own
-    names (``conv.weight``, ``bn.*``), so checkpoints are unchanged. The scale is broadcast to the weight's shape
-    before the multiply: MindSpore's CPU ``Mul`` keeps two ``size_t`` index tables of the output's size for the
-    life of a compiled graph when its operands' shapes differ (16 bytes per weight element, forward and
-    gradient), which held about 600 MB in a DETR-R50 training step (``benchmarks/README.md``).
+    names (``conv.weight``, ``bn.*``), so checkpoints are unchanged. The fold (:func:`fold_frozen_bn`) avoids a
+    broadcasting multiply, which held about 600 MB in a DETR-R50 training step (``benchmarks/README.md``).
 
     Args:
         conv: a ``nn.Conv2d`` without bias; its stride, padding, dilation and groups are used.
@@ -70,8 +68,25 @@ def conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x):
     Returns:
         Tensor[float32] ``[B, C_out, H', W']``, equal to ``bn(conv(x))`` up to float rounding.
     """
-    scale, shift = bn.scale_shift()
-    weight = conv.weight * ops.broadcast_to(scale.reshape(-1, 1, 1, 1), conv.weight.shape)
+    weight, shift = fold_frozen_bn(conv.weight, bn)
     out = ops.conv2d(x, weight, stride=conv.stride, pad_mode=conv.pad_mode, padding=conv.padding,
                      dilation=conv.dilation, groups=conv.group)
     return ops.bias_add(out, shift)
+
+
+def fold_frozen_bn(weight, bn: FrozenBatchNorm2d):
+    """The convolution weight with ``bn``'s scale folded in, and the shift to add after the convolution.
+
+    The scale is broadcast to the weight's shape before the multiply: MindSpore 2.10's CPU ``Mul`` keeps two
+    ``size_t`` index tables of the output's size for the life of a compiled graph when its operands' shapes
+    differ (benchmarks/README.md, "Who holds it").
+
+    Args:
+        weight (Tensor[float32]): ``[C_out, C_in / groups, kh, kw]``.
+        bn: the FrozenBatchNorm2d over the ``C_out`` output channels.
+
+    Returns:
+        tuple: the folded weight (same shape and dtype as ``weight``) and the shift, float32 ``[C_out]``.
+    """
+    scale, shift = bn.scale_shift()
+    return weight * ops.broadcast_to(scale.reshape(-1, 1, 1, 1), weight.shape), shift

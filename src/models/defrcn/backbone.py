@@ -26,7 +26,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
-from src.layers.frozen_bn import FrozenBatchNorm2d
+from src.layers.frozen_bn import FrozenBatchNorm2d, fold_frozen_bn
 
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 """Blocks in res2..res5 per ResNet depth (detectron2 ``num_blocks_per_stage``)."""
@@ -66,8 +66,7 @@ class Conv2dNorm(nn.Cell):
         # FrozenBN folded into the convolution, as src.layers.frozen_bn.conv_frozen_bn does for torchvision
         # ResNets: MindSpore 2.10's CPU broadcast multiply/add over a [B, C, H, W] activation keeps several
         # activation-sized buffers alive per call, which took the R-101 forward at 800x1333 to 10.9 GB.
-        scale, shift = self.norm.scale_shift()
-        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        weight, shift = fold_frozen_bn(self.weight, self.norm)
         out = ops.conv2d(x, weight, None, self.stride, "pad", self.padding, self.dilation)
         return ops.bias_add(out, shift)
 
