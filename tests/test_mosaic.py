@@ -144,11 +144,13 @@ def test_pipeline_with_mosaic_gives_fixed_size_batches(shared_data, tmp_path):
 
 
 def test_tiny_mosaic_config_halves_its_loss_on_real_images(tmp_path, shared_data):
-    # The learning rate stays at 2e-3 throughout (no drop): Mosaic makes every step's images new.
+    # The learning rate stays at 2e-3 throughout (no drop): Mosaic makes every step's images new. 300 steps: at
+    # 150 the ratio of the last 10 losses to the first 10 was 0.49-0.54 depending on float rounding in the
+    # attention (ops.dense vs matmul + bias, the training softmax); at 300 it is 0.43.
     cfg = load_config("configs/detr/detr_tiny_mosaic.yaml",
                       ["train.checkpoint_interval=1000", "train.epochs=1000", "train.lr_drop=1000"])
     opts = TrainOptions(str(shared_data / "coco_tiny"), str(tmp_path / "run"), str(tmp_path / "mr"),
-                        max_steps=150, max_images=2)
+                        max_steps=300, max_images=2)
     ms.set_seed(cfg["train"]["seed"])  # as train.py's init_context does
     losses = np.asarray(train(cfg, opts, RuntimeInfo("CPU", 0, 1, False))["losses"])
     assert np.all(np.isfinite(losses))
