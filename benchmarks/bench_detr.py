@@ -10,7 +10,9 @@ Both sides train the same tensors: DETR freezes the stem and ``layer1`` and trai
 ``layer2``-``layer4`` (42 tensors in R50; frozen batch norm has none). transformers' DETR with a native
 ``ResNetConfig`` backbone freezes its whole backbone (its name filter looks for ``stage.1`` while its ResNet
 says ``stages.1``), so :func:`torch_reference` makes ``stages.1``-``stages.3`` trainable; both counts are
-printed with every training row and ``tests/test_bench_fairness.py`` checks the two sets name by name.
+printed with every training row and ``tests/test_bench_fairness.py`` checks the two sets name by name. Both
+drop out the same tensors at DETR's rate 0.1 (attention weights, FFN hidden activations, residual branches; the
+reference also drops its encoder and decoder inputs, two small tensors DETR leaves alone).
 
 Each measurement runs in its own subprocess so that peak memory is that measurement's alone: the peak resident
 set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which also covers native allocations) is reported
@@ -39,6 +41,7 @@ from benchmarks.measure import measure_in_subprocess, peak_mb, print_result, rss
 
 MEASUREMENTS = ("ms_infer", "torch_infer", "ms_train", "torch_train")
 TRAINED_TORCH_STAGE = re.compile(r"\.encoder\.stages\.[123]\.")  # transformers' ResNet stage of layer2-4
+DETR_DROPOUT = 0.1  # facebookresearch/detr's transformer dropout, configs/defaults.yaml model.dropout
 NUM_BOXES = 6  # valid targets per training image; max_boxes padding as in the configs
 
 
@@ -62,6 +65,11 @@ def mindspore_trainable_backbone(network) -> list:
 def torch_reference(train: bool):
     """transformers' ``DetrForObjectDetection`` (R50, 91 labels) training the backbone tensors DETR trains.
 
+    DETR's transformer (``nn.MultiheadAttention(dropout=0.1)`` and its FFN) drops the attention weights and the
+    FFN's hidden activations as well as the residual branches; transformers' defaults drop only the residual
+    branches (``attention_dropout`` and ``activation_dropout`` are 0), which would spare the reference the
+    dropout of every ``[B, h, Lq, Lk]`` attention map, so all three are set to DETR's 0.1.
+
     Returns:
         The model, with ``requires_grad`` True exactly on the convolution weights of ``stages.1``-``stages.3``
         (torchvision's ``layer2``-``layer4``) among the backbone parameters, as facebookresearch/detr's
@@ -70,7 +78,8 @@ def torch_reference(train: bool):
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
     config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91,
-                        backbone_config=ResNetConfig(out_features=["stage4"]), auxiliary_loss=train)
+                        backbone_config=ResNetConfig(out_features=["stage4"]), auxiliary_loss=train,
+                        dropout=DETR_DROPOUT, attention_dropout=DETR_DROPOUT, activation_dropout=DETR_DROPOUT)
     model = DetrForObjectDetection(config)
     for name, param in model.named_parameters():
         if "backbone" in name:

@@ -19,26 +19,32 @@ from mindspore.common.initializer import XavierUniform, initializer
 _MASK_VALUE = -1e9
 
 
-def softmax_last_axis(scores):
-    """Softmax over the last axis of ``scores`` (float32, any shape), as ``ops.softmax(scores, -1)`` to rounding.
+class SoftmaxLastAxis(nn.Cell):
+    """Softmax over the last axis (MindSpore's built-in kernel) with a memory-lean, faster gradient.
 
-    Written as ``exp(s - max) * (1 / sum)`` with the row statistics expanded to the full shape: in a compiled
-    MindSpore 2.10 CPU training graph the built-in Softmax keeps about 4.5 times its tensor per node for the life
-    of the graph (176 MB on a ``[1, 8, 1100, 1100]`` score tensor) and a division about 12 times, where this form
-    keeps about 2; the Focus-DETR R50 step at 384x640 peaks 667 MB lower with it (benchmarks/README.md,
-    "Focus-DETR R50 training memory"). The shift by the row maximum carries no gradient (softmax does not
-    depend on it). Agrees with ``ops.softmax`` / ``torch.softmax`` to float32 rounding (relative 1e-5).
+    The backward is written out, ``dx = y * (dy - sum(dy * y))``, with the row sum expanded to the full shape
+    before the subtraction. MindSpore 2.10's default Softmax gradient subtracts the ``[..., 1]`` row sum with a
+    broadcasting ``Sub``, whose CPU kernel keeps 16 bytes per score for the life of a compiled training graph
+    (benchmarks/README.md, "Who holds it"). Six softmaxes of ``[2, 8, 850, 850]`` (DETR-R50's encoder at
+    800x1066, batch 2), forward and backward, graph mode: 0.63 s and 910 MB peak here, against 0.52 s and
+    1966 MB with the default gradient and 1.20 s and 1226 MB for the ``exp(s - max) / sum`` composition this
+    replaced (benchmarks/README.md, "Attention softmax gradient"). Values and gradients equal ``torch.softmax``'s
+    to float32 rounding (``tests/test_softmax_last_axis.py``).
 
-    Args:
+    Inputs:
         scores (Tensor[float32]): any shape; masked entries carry a large negative bias (a fully masked row gives
-            uniform weights, as the built-in softmax).
+            uniform weights).
 
-    Returns:
+    Outputs:
         Tensor[float32]: same shape, rows summing to 1.
     """
-    shifted = scores - ops.broadcast_to(ops.stop_gradient(scores.max(axis=-1, keepdims=True)), scores.shape)
-    exp = ops.exp(shifted)
-    return exp * ops.broadcast_to(1.0 / exp.sum(axis=-1, keepdims=True), scores.shape)
+
+    def construct(self, scores):
+        return ops.softmax(scores, axis=-1)
+
+    def bprop(self, scores, out, dout):
+        row_sum = (dout * out).sum(axis=-1, keepdims=True)
+        return (out * (dout - ops.broadcast_to(row_sum, out.shape)),)
 
 
 def _additive(mask):
@@ -85,6 +91,7 @@ class MultiheadAttention(nn.Cell):
         )
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
+        self.softmax = SoftmaxLastAxis()
         self.attn_drop = nn.Dropout(p=dropout)
 
     def _project(self, x, index):
@@ -123,9 +130,6 @@ class MultiheadAttention(nn.Cell):
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)
             scores = scores + ops.broadcast_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
-        # Training graphs take the memory-lean softmax (DETR-R50's 800x1066 step: 7.8 GB peak against 8.2 GB with
-        # ops.softmax, same time); inference keeps the built-in kernel, faster there (softmax_last_axis's
-        # BroadcastTo and ReduceSum made DETR-R50's 800x1066 inference 2.11 s per image against 1.53 s).
-        weights = softmax_last_axis(scores) if self.training else ops.softmax(scores, axis=-1)
+        weights = self.softmax(scores)
         out = ops.matmul(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         return self.out_proj(out), weights
