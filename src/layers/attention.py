@@ -14,26 +14,28 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform, initializer
 
+from src.layers.expand import expand_to
+
 # Finite stand-in for -inf on masked keys: exp() underflows to exactly 0, and a fully masked row gives a
 # uniform distribution instead of NaN.
 _MASK_VALUE = -1e9
 
 
 class SoftmaxLastAxis(nn.Cell):
-    """Softmax over the last axis (MindSpore's built-in kernel) with a memory-lean, faster gradient.
+    """Softmax over the last axis (MindSpore's built-in kernel) with a faster, memory-lean gradient.
 
-    The backward is written out, ``dx = y * (dy - sum(dy * y))``, with the row sum expanded to the full shape
-    before the subtraction. MindSpore 2.10's default Softmax gradient subtracts the ``[..., 1]`` row sum with a
-    broadcasting ``Sub``, whose CPU kernel keeps 16 bytes per score for the life of a compiled training graph
-    (benchmarks/README.md, "Who holds it"). Six softmaxes of ``[2, 8, 850, 850]`` (DETR-R50's encoder at
-    800x1066, batch 2), forward and backward, graph mode: 0.63 s and 910 MB peak here, against 0.52 s and
-    1966 MB with the default gradient and 1.20 s and 1226 MB for the ``exp(s - max) / sum`` composition this
-    replaced (benchmarks/README.md, "Attention softmax gradient"). Values and gradients equal ``torch.softmax``'s
-    to float32 rounding (``tests/test_softmax_last_axis.py``).
+    The backward is written out, ``dx = y * (dy - sum(dy * y))``. MindSpore 2.10's default Softmax gradient
+    subtracts the ``[..., 1]`` row sum with a broadcasting ``Sub``, whose CPU kernel keeps 16 bytes per score for
+    the life of a compiled training graph (benchmarks/README.md, "Who holds it"). Here the row sum is a matrix
+    product with a ones vector and is expanded back with ``Tile``: on one ``[2, 8, 850, 850]`` score tensor
+    (DETR-R50's encoder at 800x1066, batch 2) the CPU ``ReduceSum`` over the last axis takes 43 ms against 7.5 ms
+    for the product, and ``BroadcastTo`` 27 ms against 2.6 ms for ``Tile`` (benchmarks/README.md, "Attention
+    kernels"). Values and gradients equal ``torch.softmax``'s to float32 rounding
+    (``tests/test_softmax_last_axis.py``).
 
     Inputs:
-        scores (Tensor[float32]): any shape; masked entries carry a large negative bias (a fully masked row gives
-            uniform weights).
+        scores (Tensor[float32]): ``[..., L]``; masked entries carry a large negative bias (a fully masked row
+            gives uniform weights).
 
     Outputs:
         Tensor[float32]: same shape, rows summing to 1.
@@ -43,8 +45,10 @@ class SoftmaxLastAxis(nn.Cell):
         return ops.softmax(scores, axis=-1)
 
     def bprop(self, scores, out, dout):
-        row_sum = (dout * out).sum(axis=-1, keepdims=True)
-        return (out * (dout - ops.broadcast_to(row_sum, out.shape)),)
+        length = out.shape[-1]
+        row_sum = ops.matmul((dout * out).reshape(-1, length), ops.ones((length, 1), out.dtype))
+        expanded = ops.tile(row_sum, (1, length)).reshape(out.shape)
+        return (out * (dout - expanded),)
 
 
 def _additive(mask):
@@ -92,6 +96,10 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
         self.softmax = SoftmaxLastAxis()
+        # BatchMatMul with transpose flags: the gradient of ``ops.matmul`` (MatMulExt) transposes the
+        # [B, h, Lq, Lk] operands with explicit Transpose kernels (27 ms each at DETR's encoder size).
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
+        self.matmul_av = ops.BatchMatMul()
         self.attn_drop = nn.Dropout(p=dropout)
 
     def _project(self, x, index):
@@ -119,17 +127,17 @@ class MultiheadAttention(nn.Cell):
         q = self._split_heads(self._project(query, 0) * self.scaling)
         k = self._split_heads(self._project(key, 1))
         v = self._split_heads(self._project(value, 2))
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2))  # [B, h, Lq, Lk]
+        scores = self.matmul_qk(q, k)  # [B, h, Lq, Lk]
         # Masks are added as a bias, as transformers' DETR does: MindSpore 2.10's CPU masked_fill with a
         # broadcast mask costs about 7x an add over the [B, h, Lq, Lk] scores and keeps scores-sized buffers.
         # The bias is expanded to the scores' shape before the add: a broadcasting add in a compiled training
         # graph kept about 2 GB more at DETR-R50's 800x1066 batch-2 step (benchmarks/README.md).
         if key_padding_mask is not None:
-            scores = scores + ops.broadcast_to(_additive(key_padding_mask)[:, None, None, :], scores.shape)
+            scores = scores + expand_to(_additive(key_padding_mask)[:, None, None, :], scores.shape)
         if attn_mask is not None:
             # [Lq, Lk] broadcasts over batch and heads; [B, Lq, Lk] gets a head axis.
             bias = _additive(attn_mask)
-            scores = scores + ops.broadcast_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
+            scores = scores + expand_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
         weights = self.softmax(scores)
-        out = ops.matmul(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
+        out = self.matmul_av(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
         return self.out_proj(out), weights

@@ -8,6 +8,8 @@ zero variance do not produce NaNs.
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
+from src.layers.expand import expand_to
+
 
 class FrozenBatchNorm2d(nn.Cell):
     """BatchNorm2d whose statistics and affine parameters never change.
@@ -89,4 +91,4 @@ def fold_frozen_bn(weight, bn: FrozenBatchNorm2d):
         tuple: the folded weight (same shape and dtype as ``weight``) and the shift, float32 ``[C_out]``.
     """
     scale, shift = bn.scale_shift()
-    return weight * ops.broadcast_to(scale.reshape(-1, 1, 1, 1), weight.shape), shift
+    return weight * expand_to(scale.reshape(-1, 1, 1, 1), weight.shape), shift

@@ -20,6 +20,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform
 
+from src.layers.expand import expand_to
+
 SpatialShapes = Tuple[Tuple[int, int], ...]
 
 
@@ -80,7 +82,7 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     )
     # Expanded to the samples' shape before the multiply: on MindSpore's CPU backend a broadcasting multiply over
     # this (largest) tensor keeps several copies of it for the life of a compiled graph (benchmarks/README.md).
-    out = (sampled * ops.broadcast_to(weights, sampled.shape)).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
+    out = (sampled * expand_to(weights, sampled.shape)).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
     return out.transpose(0, 2, 1)
 
 

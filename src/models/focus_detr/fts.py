@@ -23,6 +23,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 from mindspore.common.initializer import Uniform, XavierUniform
 
+from src.layers.expand import expand_to
 from src.layers.ms_deform_attn import level_start_indices
 
 FOCUS_RHO = 0.5
@@ -98,7 +99,7 @@ class MaskPredictor(nn.Cell):
             weight = ops.logical_not(padding_mask).astype(z.dtype).expand_dims(-1)
             count = ops.maximum(weight.sum(axis=1, keepdims=True), 1.0)
             pooled = (z_global * weight).sum(axis=1, keepdims=True) / count
-        z_global = ops.broadcast_to(pooled, z_global.shape)
+        z_global = expand_to(pooled, z_global.shape)
         return self.layer2(ops.concat((z_local, z_global), axis=-1)).squeeze(-1)
 
 
@@ -176,7 +177,7 @@ def top_down_foreground_scores(memory, padding_mask, spatial_shapes: Sequence[Tu
         if coarse is not None:
             up = upsample_align_corners(coarse, (height, width)).reshape(batch, height * width, 1)
             # Expanded before the multiply: a broadcasting one over [B, H*W, C] is costly in CPU graphs.
-            mem = mem + mem * ops.broadcast_to(up, mem.shape) * alpha[num_levels - 2 - lvl]
+            mem = mem + mem * expand_to(up, mem.shape) * alpha[num_levels - 2 - lvl]
         score = mask_predictor(mem, padding_mask[:, begin:end])
         scores = (score,) + scores
         coarse = score.reshape(batch, height, width)

@@ -30,6 +30,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from src.layers.expand import expand_to
 from src.layers.mlp import MLP
 from src.layers.position_encoding import PositionEmbeddingSine
 from src.models.contract import DYNAMIC_IMAGE, Detector
@@ -393,8 +394,7 @@ class FocusTransformer(nn.Cell):
         # The level embedding is expanded before the add (broadcasting adds are costly in CPU graphs).
         pos_flatten = ops.concat(
             [p.reshape(batch, self.embed_dim, -1).transpose(0, 2, 1)
-             + ops.broadcast_to(self.level_embeds[lvl].reshape(1, 1, -1), (batch, p.shape[2] * p.shape[3],
-                                                                          self.embed_dim))
+             + expand_to(self.level_embeds[lvl].reshape(1, 1, -1), (batch, p.shape[2] * p.shape[3], self.embed_dim))
              for lvl, p in enumerate(poses)], axis=1)
         num_tokens = feat_flatten.shape[1]
         if self.num_queries > num_tokens:

@@ -16,6 +16,8 @@ from mindspore import Parameter, nn, ops
 from mindspore.common import dtype as mstype
 from mindspore.common.initializer import initializer
 
+from src.layers.expand import expand_to
+
 
 class GroupNorm(nn.Cell):
     """Group normalization with torch ``nn.GroupNorm`` semantics and parameter names.
@@ -46,11 +48,11 @@ class GroupNorm(nn.Cell):
         grouped = x.reshape(batch, self.num_groups, -1)
         # Statistics and affine parameters are expanded to the full shape before each element-wise op: broadcasting
         # ones keep tensor-sized buffers per node in a compiled CPU graph (benchmarks/README.md, Focus-DETR memory).
-        centered = grouped - ops.broadcast_to(grouped.mean(axis=-1, keep_dims=True), grouped.shape)
+        centered = grouped - expand_to(grouped.mean(axis=-1, keep_dims=True), grouped.shape)
         var = ops.square(centered).mean(axis=-1, keep_dims=True)
-        normed = (centered / ops.broadcast_to(ops.sqrt(var + self.eps), grouped.shape)).reshape(x.shape)
-        return (normed * ops.broadcast_to(self.weight.reshape(1, -1, 1, 1), x.shape)
-                + ops.broadcast_to(self.bias.reshape(1, -1, 1, 1), x.shape))
+        normed = (centered / expand_to(ops.sqrt(var + self.eps), grouped.shape)).reshape(x.shape)
+        return (normed * expand_to(self.weight.reshape(1, -1, 1, 1), x.shape)
+                + expand_to(self.bias.reshape(1, -1, 1, 1), x.shape))
 
 
 class ConvNorm(nn.Cell):
