@@ -28,9 +28,10 @@ class SoftmaxLastAxis(nn.Cell):
     subtracts the ``[..., 1]`` row sum with a broadcasting ``Sub``, whose CPU kernel keeps 16 bytes per score for
     the life of a compiled training graph (benchmarks/README.md, "Who holds it"). Here the row sum is a matrix
     product with a ones vector and is expanded back with ``Tile``: on one ``[2, 8, 850, 850]`` score tensor
-    (DETR-R50's encoder at 800x1066, batch 2) the CPU ``ReduceSum`` over the last axis takes 43 ms against 7.5 ms
-    for the product, and ``BroadcastTo`` 27 ms against 2.6 ms for ``Tile`` (benchmarks/README.md, "Attention
-    kernels"). Values and gradients equal ``torch.softmax``'s to float32 rounding
+    (DETR-R50's encoder at 800x1066, batch 2) the CPU ``ReduceSum`` over the last axis takes 49 ms against 10 ms
+    for the product, and ``BroadcastTo`` 46 ms against 5 ms for ``Tile``. Six chained softmaxes of that size,
+    forward and backward: 222 ms and 915 MB peak RSS, against 526 ms and 1967 MB with the default gradient
+    (``benchmarks/bench_attention_kernels.py``). Values and gradients equal ``torch.softmax``'s to float32 rounding
     (``tests/test_softmax_last_axis.py``).
 
     Inputs:
@@ -96,8 +97,8 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
         self.softmax = SoftmaxLastAxis()
-        # BatchMatMul with transpose flags: the gradient of ``ops.matmul`` (MatMulExt) transposes the
-        # [B, h, Lq, Lk] operands with explicit Transpose kernels (27 ms each at DETR's encoder size).
+        # BatchMatMul with transpose flags: the gradient of ``ops.matmul`` (MatMulExt) transposes the [B, h, Lq, Lk]
+        # operands with explicit Transpose kernels (42 ms each at DETR's encoder size; a same-shape Mul takes 5).
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_av = ops.BatchMatMul()
         self.attn_drop = nn.Dropout(p=dropout)

@@ -9,8 +9,8 @@ def expand_to(x, shape):
     Operands of element-wise ops are expanded to the full shape first because MindSpore 2.10's CPU ``Add`` /
     ``Sub`` / ``Mul`` keep two index tables of the output's size (16 bytes per element) for the life of a compiled
     graph when their operands' shapes differ (benchmarks/README.md, "Who holds it"). ``Tile`` does the expansion
-    about 10x faster than ``BroadcastTo`` on CPU: [2, 8, 850, 1] -> [2, 8, 850, 850] in 2.6 ms against 27 ms
-    (benchmarks/README.md, "Attention kernels"). The gradient with respect to ``x`` sums over the repeats, as for
+    about 10x faster than ``BroadcastTo`` on CPU: [2, 8, 850, 1] -> [2, 8, 850, 850] in 5 ms against 46 ms
+    (``benchmarks/bench_attention_kernels.py``). The gradient with respect to ``x`` sums over the repeats, as for
     ``broadcast_to``. Shapes unknown at compile time (dynamic-shape inference graphs) fall back to ``broadcast_to``,
     since ``Tile`` needs static repeat counts.
 
