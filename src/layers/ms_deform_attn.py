@@ -169,20 +169,24 @@ class MSDeformAttn(nn.Cell):
 
         value = self.value_proj(value)
         if key_padding_mask is not None:
-            value = ops.masked_fill(value, ops.broadcast_to(key_padding_mask[..., None], value.shape), 0.0)
+            value = ops.masked_fill(value, expand_to(key_padding_mask[..., None], value.shape), 0.0)
         value = value.reshape(batch, num_tokens, h, self.head_dim)
 
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, h, lv, p, 2)
         weights = self.attention_weights(query).reshape(batch, num_queries, h, lv * p)
         weights = ops.softmax(weights, axis=-1).reshape(batch, num_queries, h, lv, p)
 
+        # Every operand is expanded to the offsets' [B, Q, h, L, P, 2] shape first (``expand_to``): broadcasting
+        # element-wise ops over this tensor keep 16-byte index tables per element in a compiled CPU graph.
+        shape = offsets.shape
         if reference_points.shape[-1] == 2:
-            # Offsets are in pixels of each level: divide by (W_l, H_l).
-            normalizer = Tensor([[float(w), float(hh)] for hh, w in spatial_shapes], ms.float32)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            # Offsets are in pixels of each level: divide by (W_l, H_l), as a product with the reciprocals.
+            inverse_size = Tensor([[1.0 / w, 1.0 / hh] for hh, w in spatial_shapes], ms.float32)
+            locations = (expand_to(reference_points[:, :, None, :, None, :], shape)
+                         + offsets * expand_to(inverse_size[None, None, None, :, None, :], shape))
         elif reference_points.shape[-1] == 4:
-            locations = (reference_points[:, :, None, :, None, :2]
-                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
+            locations = (expand_to(reference_points[:, :, None, :, None, :2], shape)
+                         + offsets * expand_to(reference_points[:, :, None, :, None, 2:] * (0.5 / p), shape))
         else:
             raise ValueError("reference_points must end in 2 (points) or 4 (boxes) coordinates")
 

@@ -41,6 +41,7 @@ from mindspore import nn, ops
 from mindspore.common import dtype as mstype
 
 from src.layers.attention import MultiheadAttention
+from src.layers.expand import expand_to
 from src.layers.ms_deform_attn import MSDeformAttn
 
 OESM_TOPK = 300
@@ -110,13 +111,13 @@ class FFN(nn.Cell):
 
 def gather_tokens(tokens, indices):
     """Gather rows of ``tokens`` ``[B, N, D]`` at ``indices`` int32 ``[B, k]`` -> ``[B, k, D]``."""
-    index = ops.broadcast_to(indices.expand_dims(-1), (indices.shape[0], indices.shape[1], tokens.shape[-1]))
+    index = expand_to(indices.expand_dims(-1), (indices.shape[0], indices.shape[1], tokens.shape[-1]))
     return ops.gather_elements(tokens, 1, index)
 
 
 def scatter_tokens(tokens, indices, updates):
     """Overwrite rows of ``tokens`` ``[B, N, D]`` at unique ``indices`` ``[B, k]`` with ``updates`` ``[B, k, D]``."""
-    index = ops.broadcast_to(indices.expand_dims(-1), updates.shape)
+    index = expand_to(indices.expand_dims(-1), updates.shape)
     return ops.tensor_scatter_elements(tokens, index, updates, axis=1)
 
 
@@ -283,6 +284,6 @@ class FocusDETREncoder(nn.Cell):
                 oesm_score = self.enhance_mcsp(query).max(axis=-1) * fg
             value = output if self.value_from_memory else feat_flatten
             updated = layer(query, query_pos, oesm_score, valid, value, mask_flatten, refs, spatial_shapes)
-            updated = ops.select(ops.broadcast_to(valid.expand_dims(-1), updated.shape), updated, query)
+            updated = ops.select(expand_to(valid.expand_dims(-1), updated.shape), updated, query)
             output = scatter_tokens(output, idx, updated)
         return output
