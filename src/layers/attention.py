@@ -48,8 +48,7 @@ class SoftmaxLastAxis(nn.Cell):
     def bprop(self, scores, out, dout):
         length = out.shape[-1]
         row_sum = ops.matmul((dout * out).reshape(-1, length), ops.ones((length, 1), out.dtype))
-        expanded = ops.tile(row_sum, (1, length)).reshape(out.shape)
-        return (out * (dout - expanded),)
+        return (out * (dout - expand_to(row_sum.reshape(out.shape[:-1] + (1,)), out.shape)),)
 
 
 def _additive(mask):
