@@ -96,25 +96,23 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
         self.softmax = SoftmaxLastAxis()
-        # BatchMatMul with transpose flags: the gradient of ``ops.matmul`` (MatMulExt) transposes the [B, h, Lq, Lk]
-        # operands with explicit Transpose kernels (42 ms each at DETR's encoder size; a same-shape Mul takes 5).
-        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
-        self.matmul_av = ops.BatchMatMul()
+        # Heads are laid out channel-first, [B, h, d, L], so that no Transpose kernel runs (MindSpore 2.10's CPU
+        # Transpose keeps an 8-byte index per element for the life of a compiled graph): the projections give
+        # ``W @ x^T`` directly, and the flags below read the operands transposed.
+        self.matmul_proj = ops.BatchMatMul(transpose_b=True)  # [B, E, E] x [B, L, E] -> [B, E, L]
+        self.matmul_qk = ops.BatchMatMul(transpose_a=True)  # [B, h, d, Lq] x [B, h, d, Lk] -> [B, h, Lq, Lk]
+        self.matmul_va = ops.BatchMatMul(transpose_b=True)  # [B, h, d, Lk] x [B, h, Lq, Lk] -> [B, h, d, Lq]
+        self.matmul_out = ops.BatchMatMul(transpose_a=True, transpose_b=True)  # [B, E, Lq] x [B, E, E] -> [B, Lq, E]
         self.attn_drop = nn.Dropout(p=dropout)
 
-    def _project(self, x, index):
-        # Row block ``index`` of the packed projection: 0 -> q, 1 -> k, 2 -> v.
-        start = index * self.embed_dim
-        weight = self.in_proj_weight[start:start + self.embed_dim]
-        bias = self.in_proj_bias[start:start + self.embed_dim]
-        # ops.dense adds the bias with BiasAdd: a broadcasting ``+ bias`` keeps 16 bytes per output element in a
-        # compiled CPU training graph (benchmarks/README.md, "Who holds it").
-        return ops.dense(x, weight, bias)
-
-    def _split_heads(self, x):
-        # [B, L, E] -> [B, h, L, d]
+    def _project_heads(self, x, index):
+        """Row block ``index`` of the packed projection (0 -> q, 1 -> k, 2 -> v) of ``x`` ``[B, L, E]``, as
+        ``[B, h, d, L]``."""
         b, length, _ = x.shape
-        return x.reshape(b, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        start = index * self.embed_dim
+        weight = expand_to(self.in_proj_weight[start:start + self.embed_dim][None], (b, self.embed_dim, self.embed_dim))
+        projected = ops.bias_add(self.matmul_proj(weight, x), self.in_proj_bias[start:start + self.embed_dim])
+        return projected.reshape(b, self.num_heads, self.head_dim, length)
 
     def construct(self, query, key, value, key_padding_mask=None, attn_mask=None):
         return self.attend(query, key, value, key_padding_mask, attn_mask)[0]
@@ -124,9 +122,9 @@ class MultiheadAttention(nn.Cell):
         head before dropout (transformers' ``output_attentions``); in graph mode an unused second output costs
         nothing."""
         b, lq, _ = query.shape
-        q = self._split_heads(self._project(query, 0) * self.scaling)
-        k = self._split_heads(self._project(key, 1))
-        v = self._split_heads(self._project(value, 2))
+        q = self._project_heads(query, 0) * self.scaling
+        k = self._project_heads(key, 1)
+        v = self._project_heads(value, 2)
         scores = self.matmul_qk(q, k)  # [B, h, Lq, Lk]
         # Masks are added as a bias, as transformers' DETR does: MindSpore 2.10's CPU masked_fill with a
         # broadcast mask costs about 7x an add over the [B, h, Lq, Lk] scores and keeps scores-sized buffers.
@@ -139,5 +137,7 @@ class MultiheadAttention(nn.Cell):
             bias = _additive(attn_mask)
             scores = scores + expand_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
         weights = self.softmax(scores)
-        out = self.matmul_av(self.attn_drop(weights), v).transpose(0, 2, 1, 3).reshape(b, lq, self.embed_dim)
-        return self.out_proj(out), weights
+        out = self.matmul_va(v, self.attn_drop(weights)).reshape(b, self.embed_dim, lq)  # [B, E, Lq]
+        weight = expand_to(self.out_proj.weight[None], (b, self.embed_dim, self.embed_dim))
+        out = ops.bias_add(self.matmul_out(out, weight).reshape(b * lq, self.embed_dim), self.out_proj.bias)
+        return out.reshape(b, lq, self.embed_dim), weights
