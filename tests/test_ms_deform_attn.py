@@ -46,6 +46,11 @@ class _Core(nn.Cell):
         return (multi_scale_deformable_attention(value, SHAPES, locations, weights) * cotangent).sum()
 
 
+def _channel_first(value):
+    """[B, S, h, d] (transformers' layout) -> [B, h, d, S] (ours)."""
+    return np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+
+
 def test_level_start_indices():
     assert level_start_indices(SHAPES) == (0, 54, 69, 75)
 
@@ -60,22 +65,23 @@ def test_core_matches_transformers_forward_and_grads():
     weights = rng.random((batch, queries, heads, levels, points)).astype(np.float32)
     cotangent = rng.standard_normal((batch, queries, heads * head_dim)).astype(np.float32)
 
-    out = _Core()(Tensor(value), Tensor(locations), Tensor(weights), Tensor(np.ones_like(cotangent)))
-    grads = ms.grad(_Core(), grad_position=(0, 1, 2))(
-        Tensor(value), Tensor(locations), Tensor(weights), Tensor(cotangent)
-    )
+    cotangent_ours = np.ascontiguousarray(cotangent.transpose(0, 2, 1))  # ours is [B, h*d, Q]
+    inputs = (Tensor(_channel_first(value)), Tensor(locations), Tensor(weights))
+    out = _Core()(*inputs, Tensor(np.ones_like(cotangent_ours)))
+    grads = ms.grad(_Core(), grad_position=(0, 1, 2))(*inputs, Tensor(cotangent_ours))
 
     t_value, t_loc, t_w = (torch.tensor(x, requires_grad=True) for x in (value, locations, weights))
     t_out = _torch_core(t_value, t_loc, t_w)
     (t_out * torch.tensor(cotangent)).sum().backward()
 
-    ms_full = multi_scale_deformable_attention(Tensor(value), SHAPES, Tensor(locations), Tensor(weights))
-    assert ms_full.shape == (batch, queries, heads * head_dim)
-    np.testing.assert_allclose(ms_full.asnumpy(), t_out.detach().numpy(), atol=1e-5, rtol=0)
+    ms_full = multi_scale_deformable_attention(inputs[0], SHAPES, *inputs[1:])
+    assert ms_full.shape == (batch, heads * head_dim, queries)
+    np.testing.assert_allclose(ms_full.asnumpy().transpose(0, 2, 1), t_out.detach().numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(out.asnumpy(), t_out.detach().numpy().sum(), atol=1e-4, rtol=1e-6)
+    grads = (grads[0].asnumpy().transpose(0, 3, 1, 2),) + tuple(g.asnumpy() for g in grads[1:])
     for name, got, ref in zip(("value", "locations", "weights"), grads, (t_value, t_loc, t_w)):
         assert np.abs(ref.grad.numpy()).max() > 0, name
-        np.testing.assert_allclose(got.asnumpy(), ref.grad.numpy(), atol=1e-4, rtol=0, err_msg=name)
+        np.testing.assert_allclose(got, ref.grad.numpy(), atol=1e-4, rtol=0, err_msg=name)
 
 
 def _hf_attention(embed_dim, heads, points):

@@ -14,6 +14,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform, initializer
 
+from src.layers.channel_first import dense_into_channel_first, dense_out_of_channel_first
 from src.layers.expand import expand_to
 
 # Finite stand-in for -inf on masked keys: exp() underflows to exactly 0, and a fully masked row gives a
@@ -96,22 +97,18 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(Tensor(np.zeros(3 * embed_dim, np.float32)), name="in_proj_bias")
         self.out_proj = nn.Dense(embed_dim, embed_dim, bias_init="zeros")
         self.softmax = SoftmaxLastAxis()
-        # Heads are laid out channel-first, [B, h, d, L], so that no Transpose kernel runs (MindSpore 2.10's CPU
-        # Transpose keeps an 8-byte index per element for the life of a compiled graph): the projections give
-        # ``W @ x^T`` directly, and the flags below read the operands transposed.
-        self.matmul_proj = ops.BatchMatMul(transpose_b=True)  # [B, E, E] x [B, L, E] -> [B, E, L]
+        # Heads are laid out channel-first, [B, h, d, L], so that no Transpose kernel runs
+        # (src/layers/channel_first.py); the flags below read the operands transposed.
         self.matmul_qk = ops.BatchMatMul(transpose_a=True)  # [B, h, d, Lq] x [B, h, d, Lk] -> [B, h, Lq, Lk]
         self.matmul_va = ops.BatchMatMul(transpose_b=True)  # [B, h, d, Lk] x [B, h, Lq, Lk] -> [B, h, d, Lq]
-        self.matmul_out = ops.BatchMatMul(transpose_a=True, transpose_b=True)  # [B, E, Lq] x [B, E, E] -> [B, Lq, E]
         self.attn_drop = nn.Dropout(p=dropout)
 
     def _project_heads(self, x, index):
         """Row block ``index`` of the packed projection (0 -> q, 1 -> k, 2 -> v) of ``x`` ``[B, L, E]``, as
         ``[B, h, d, L]``."""
         b, length, _ = x.shape
-        start = index * self.embed_dim
-        weight = expand_to(self.in_proj_weight[start:start + self.embed_dim][None], (b, self.embed_dim, self.embed_dim))
-        projected = ops.bias_add(self.matmul_proj(weight, x), self.in_proj_bias[start:start + self.embed_dim])
+        start, end = index * self.embed_dim, (index + 1) * self.embed_dim
+        projected = dense_into_channel_first(x, self.in_proj_weight[start:end], self.in_proj_bias[start:end])
         return projected.reshape(b, self.num_heads, self.head_dim, length)
 
     def construct(self, query, key, value, key_padding_mask=None, attn_mask=None):
@@ -138,6 +135,4 @@ class MultiheadAttention(nn.Cell):
             scores = scores + expand_to(bias if attn_mask.ndim == 2 else bias[:, None], scores.shape)
         weights = self.softmax(scores)
         out = self.matmul_va(v, self.attn_drop(weights)).reshape(b, self.embed_dim, lq)  # [B, E, Lq]
-        weight = expand_to(self.out_proj.weight[None], (b, self.embed_dim, self.embed_dim))
-        out = ops.bias_add(self.matmul_out(out, weight).reshape(b * lq, self.embed_dim), self.out_proj.bias)
-        return out.reshape(b, lq, self.embed_dim), weights
+        return dense_out_of_channel_first(out, self.out_proj.weight, self.out_proj.bias), weights

@@ -20,6 +20,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform
 
+from src.layers.channel_first import dense_into_channel_first, dense_out_of_channel_first
 from src.layers.expand import expand_to
 
 SpatialShapes = Tuple[Tuple[int, int], ...]
@@ -49,17 +50,20 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     ``(i + 0.5) / size``) and sums the samples weighted by ``attention_weights`` over levels and points.
 
     Args:
-        value (Tensor[float32]): ``[B, S, h, d]`` flattened multi-level values, ``S = sum(H_l * W_l)`` in level
-            order, row-major inside a level.
+        value (Tensor[float32]): ``[B, h, d, S]`` flattened multi-level values, heads channel-first (no
+            ``Transpose`` is needed to cut them into ``grid_sample``'s ``[B*h, d, H_l, W_l]`` maps; see
+            ``src/layers/channel_first.py``), ``S = sum(H_l * W_l)`` in level order, row-major inside a level.
         spatial_shapes (tuple[tuple[int, int]]): static ``(H_l, W_l)`` per level (Python ints, not a Tensor).
         sampling_locations (Tensor[float32]): ``[B, Q, h, L, P, 2]`` normalized ``(x, y)`` in ``[0, 1]`` relative
             to each level's (padded) map; values outside sample zeros.
         attention_weights (Tensor[float32]): ``[B, Q, h, L, P]``, usually softmax-normalized over ``L * P``.
 
     Returns:
-        Tensor[float32]: ``[B, Q, h * d]``, heads concatenated (head-major), ready for the output projection.
+        Tensor[float32]: ``[B, h * d, Q]``, heads concatenated (head-major) and channel-first, ready for
+        ``dense_out_of_channel_first``.
     """
-    batch, _, num_heads, head_dim = value.shape
+    batch, num_heads, head_dim, num_tokens = value.shape
+    value = value.reshape(batch * num_heads, head_dim, num_tokens)
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     starts = level_start_indices(spatial_shapes)
     # grid_sample expects coordinates in [-1, 1].
@@ -68,9 +72,7 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     for level in range(num_levels):
         height, width = spatial_shapes[level]
         start = starts[level]
-        # [B, H*W, h, d] -> [B, h, d, H*W] -> [B*h, d, H, W]
-        value_l = value[:, start:start + height * width].transpose(0, 2, 3, 1)
-        value_l = value_l.reshape(batch * num_heads, head_dim, height, width)
+        value_l = value[:, :, start:start + height * width].reshape(batch * num_heads, head_dim, height, width)
         # [B, Q, h, P, 2] -> [B, h, Q, P, 2] -> [B*h, Q, P, 2]
         grid_l = grids[:, :, :, level].transpose(0, 2, 1, 3, 4).reshape(batch * num_heads, num_queries, num_points, 2)
         samples.append(ops.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
@@ -82,8 +84,7 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     )
     # Expanded to the samples' shape before the multiply: on MindSpore's CPU backend a broadcasting multiply over
     # this (largest) tensor keeps several copies of it for the life of a compiled graph (benchmarks/README.md).
-    out = (sampled * expand_to(weights, sampled.shape)).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
-    return out.transpose(0, 2, 1)
+    return (sampled * expand_to(weights, sampled.shape)).sum(-1).reshape(batch, num_heads * head_dim, num_queries)
 
 
 def _grid_init_bias(num_heads: int, num_levels: int, num_points: int) -> np.ndarray:
@@ -167,10 +168,10 @@ class MSDeformAttn(nn.Cell):
         num_tokens = value.shape[1]
         h, lv, p = self.num_heads, self.num_levels, self.num_points
 
-        value = self.value_proj(value)
+        value = dense_into_channel_first(value, self.value_proj.weight, self.value_proj.bias)  # [B, C, S]
         if key_padding_mask is not None:
-            value = ops.masked_fill(value, expand_to(key_padding_mask[..., None], value.shape), 0.0)
-        value = value.reshape(batch, num_tokens, h, self.head_dim)
+            value = ops.masked_fill(value, expand_to(key_padding_mask[:, None], value.shape), 0.0)
+        value = value.reshape(batch, h, self.head_dim, num_tokens)
 
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, h, lv, p, 2)
         weights = self.attention_weights(query).reshape(batch, num_queries, h, lv * p)
@@ -190,8 +191,9 @@ class MSDeformAttn(nn.Cell):
         else:
             raise ValueError("reference_points must end in 2 (points) or 4 (boxes) coordinates")
 
-        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
-        return identity + self.dropout(self.output_proj(out))
+        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)  # [B, C, Q]
+        out = dense_out_of_channel_first(out, self.output_proj.weight, self.output_proj.bias)
+        return identity + self.dropout(out)
 
 
 __all__ = ["MSDeformAttn", "level_start_indices", "multi_scale_deformable_attention"]
