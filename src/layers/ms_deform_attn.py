@@ -20,6 +20,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import XavierUniform
 
+from src.layers.attention import SoftmaxLastAxis
 from src.layers.channel_first import dense_into_channel_first, dense_out_of_channel_first
 from src.layers.expand import expand_to
 
@@ -155,6 +156,7 @@ class MSDeformAttn(nn.Cell):
         self.attention_weights = nn.Dense(embed_dim, num_offsets, weight_init="zeros", bias_init="zeros")
         self.value_proj = nn.Dense(embed_dim, embed_dim, weight_init=XavierUniform(), bias_init="zeros")
         self.output_proj = nn.Dense(embed_dim, embed_dim, weight_init=XavierUniform(), bias_init="zeros")
+        self.softmax = SoftmaxLastAxis()
         self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, query, value, reference_points, spatial_shapes: SpatialShapes,
@@ -175,7 +177,7 @@ class MSDeformAttn(nn.Cell):
 
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, h, lv, p, 2)
         weights = self.attention_weights(query).reshape(batch, num_queries, h, lv * p)
-        weights = ops.softmax(weights, axis=-1).reshape(batch, num_queries, h, lv, p)
+        weights = self.softmax(weights).reshape(batch, num_queries, h, lv, p)
 
         # Every operand is expanded to the offsets' [B, Q, h, L, P, 2] shape first (``expand_to``): broadcasting
         # element-wise ops over this tensor keep 16-byte index tables per element in a compiled CPU graph.

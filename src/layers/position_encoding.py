@@ -12,6 +12,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from src.layers.expand import expand_to
+
 
 class PositionEmbeddingSine(nn.Cell):
     """Parameter-free 2-D sine embedding.
@@ -40,11 +42,14 @@ class PositionEmbeddingSine(nn.Cell):
         self.dim_t = Tensor(dim_t, ms.float32)
 
     def _encode(self, embed):
-        # embed [B, H, W] -> [B, H, W, F] with sin/cos interleaved along the last axis.
-        pos = embed[:, :, :, None] / self.dim_t
-        b, h, w, _ = pos.shape
-        pos = ops.stack((ops.sin(pos[:, :, :, 0::2]), ops.cos(pos[:, :, :, 1::2])), axis=4)
-        return pos.reshape(b, h, w, self.num_pos_feats)
+        # embed [B, H, W] -> [B, F, H, W], sin/cos interleaved along the channels. Built channel-first, so no
+        # Transpose kernel runs (src/layers/channel_first.py), and divided with both operands expanded: a
+        # broadcasting division keeps index tables in a compiled CPU graph (src/layers/expand.py).
+        b, h, w = embed.shape
+        shape = (b, self.num_pos_feats, h, w)
+        pos = expand_to(embed[:, None], shape) / expand_to(self.dim_t[:, None, None], shape)
+        pos = ops.stack((ops.sin(pos[:, 0::2]), ops.cos(pos[:, 1::2])), axis=2)
+        return pos.reshape(shape)
 
     def construct(self, mask):
         not_mask = ops.logical_not(mask).astype(ms.float32)
@@ -52,5 +57,4 @@ class PositionEmbeddingSine(nn.Cell):
         x_embed = ops.cumsum(not_mask, axis=2)
         y_embed = y_embed / (y_embed[:, -1:, :] + self.eps) * self.scale
         x_embed = x_embed / (x_embed[:, :, -1:] + self.eps) * self.scale
-        pos = ops.concat((self._encode(y_embed), self._encode(x_embed)), axis=3)
-        return pos.transpose(0, 3, 1, 2)
+        return ops.concat((self._encode(y_embed), self._encode(x_embed)), axis=1)

@@ -25,6 +25,7 @@ from mindspore import nn, ops
 
 from src.backbones.resnet import RESNET_DEPTHS, ResNet
 from src.backbones.swin import SWIN_CONFIGS, build_swin
+from src.layers.frozen_bn import conv_frozen_bn
 
 OUT_CHANNELS = (512, 1024, 2048)
 OUT_STRIDES = (8, 16, 32)
@@ -118,7 +119,7 @@ class MultiLevelResNet(nn.Cell):
 
     def construct(self, image):
         body = self.body
-        x = body.maxpool(ops.relu(body.bn1(body.conv1(image))))
+        x = body.maxpool(ops.relu(conv_frozen_bn(body.conv1, body.bn1, image)))
         res2 = body.layer1(x)
         res3 = body.layer2(res2)
         res4 = body.layer3(res3)

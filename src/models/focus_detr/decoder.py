@@ -19,6 +19,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 
+from src.layers.expand import expand_to
 from src.layers.mlp import MLP
 from src.layers.ms_deform_attn import MSDeformAttn
 from src.models.focus_detr.encoder import FFN, DetrexMHA
@@ -56,8 +57,10 @@ def sine_box_embedding(boxes, num_pos_feats: int = 128, temperature: float = 100
     dim_t = Tensor(np.power(np.float32(temperature), 2 * np.floor(index / 2) / num_pos_feats).astype(np.float32))
     batch, num_queries, _ = boxes.shape
     blocks = []
+    shape = (batch, num_queries, num_pos_feats)
+    dim_t = expand_to(dim_t, shape)  # same-shape division: a broadcasting one keeps index tables (expand_to)
     for coord in (1, 0, 2, 3):
-        pos = boxes[:, :, coord:coord + 1] * (2 * math.pi) / dim_t
+        pos = expand_to(boxes[:, :, coord:coord + 1] * (2 * math.pi), shape) / dim_t
         pos = ops.stack((ops.sin(pos[:, :, 0::2]), ops.cos(pos[:, :, 1::2])), axis=3)
         blocks.append(pos.reshape(batch, num_queries, num_pos_feats))
     return ops.concat(blocks, axis=-1)

@@ -89,8 +89,7 @@ class OffsetPositionEmbeddingSine(PositionEmbeddingSine):
         x_embed = ops.cumsum(not_mask, axis=2)
         y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
         x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
-        pos = ops.concat((self._encode(y_embed), self._encode(x_embed)), axis=3)
-        return pos.transpose(0, 3, 1, 2)
+        return ops.concat((self._encode(y_embed), self._encode(x_embed)), axis=1)
 
 
 def valid_ratios_of(mask):
