@@ -19,6 +19,8 @@ sizes (height, width) in pixels that a padding mask leaves.
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from src.layers.expand import expand_to
+
 EPS = 1e-12
 """Lower bound on IoU/GIoU denominators; far below any real union in normalized coordinates."""
 
@@ -155,7 +157,11 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         Float tensor [..., N, M].
     """
-    return elementwise_generalized_box_iou(boxes1.expand_dims(-2), boxes2.expand_dims(-3))
+    # Both sets are expanded to [..., N, M, 4] first: MindSpore 2.10's CPU element-wise kernels keep index tables
+    # of the output's size for the life of a compiled graph when operand shapes differ (src/layers/expand.py).
+    shape = boxes1.shape[:-1] + (boxes2.shape[-2], 4)
+    return elementwise_generalized_box_iou(expand_to(boxes1.expand_dims(-2), shape),
+                                           expand_to(boxes2.expand_dims(-3), shape))
 
 
 def image_sizes_from_mask(mask: Tensor) -> Tensor:
