@@ -238,12 +238,13 @@ def weighted_memory_foreground_scores(memory, padding_mask, spatial_shapes: Sequ
         mem = memory[:, begin:end]
         if carried is not None:
             low, high, frac = half_pixel_taps(carried.shape[1], height * width)
-            frac = Tensor(frac).reshape(1, -1, 1)
+            shape = (carried.shape[0], height * width, carried.shape[2])
+            frac = expand_to(Tensor(frac).reshape(1, -1, 1), shape)
             resized = ops.gather(carried, Tensor(low), 1) * (1.0 - frac) + ops.gather(carried, Tensor(high), 1) * frac
             mem = mem + resized * alpha[max(0, num_levels - 3 - lvl)]
         score = mask_predictor(mem, padding_mask[:, begin:end])
         scores = (score,) + scores
-        carried = score.expand_dims(-1) * mem  # [B, N_l, C]
+        carried = expand_to(score.expand_dims(-1), mem.shape) * mem  # [B, N_l, C]
     return ops.concat(scores, axis=1)
 
 
@@ -338,20 +339,20 @@ def fcos_foreground_labels(tgt_boxes, tgt_valid, image_sizes, spatial_shapes: Se
     width = image_sizes[:, 1:2]
     cx, cy = tgt_boxes[:, :, 0] * width, tgt_boxes[:, :, 1] * height
     half_w, half_h = tgt_boxes[:, :, 2] * width * 0.5, tgt_boxes[:, :, 3] * height * 0.5
-    x0 = (cx - half_w).expand_dims(1)
-    y0 = (cy - half_h).expand_dims(1)
-    x1 = (cx + half_w).expand_dims(1)
-    y1 = (cy + half_h).expand_dims(1)
-    valid = tgt_valid.expand_dims(1)
+    x0, y0, x1, y1 = (v.expand_dims(1) for v in (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
     labels = []
     for (feat_h, feat_w), stride, (low, high) in zip(spatial_shapes, strides, limit_ranges):
         ys, xs = np.meshgrid(np.arange(feat_h), np.arange(feat_w), indexing="ij")
-        px = Tensor((xs.reshape(1, -1, 1) * stride + stride // 2).astype(np.float32))
-        py = Tensor((ys.reshape(1, -1, 1) * stride + stride // 2).astype(np.float32))
-        offsets = ops.stack((px - x0, py - y0, x1 - px, y1 - py), axis=-1)
+        # Every operand expanded to [B, N_l, T] first: broadcasting element-wise kernels keep index tables of
+        # the output's size in a compiled CPU graph (src/layers/expand.py).
+        shape = (tgt_boxes.shape[0], feat_h * feat_w, tgt_boxes.shape[1])
+        px = expand_to(Tensor((xs.reshape(1, -1, 1) * stride + stride // 2).astype(np.float32)), shape)
+        py = expand_to(Tensor((ys.reshape(1, -1, 1) * stride + stride // 2).astype(np.float32)), shape)
+        offsets = ops.stack((px - expand_to(x0, shape), py - expand_to(y0, shape),
+                             expand_to(x1, shape) - px, expand_to(y1, shape) - py), axis=-1)
         inside = offsets.min(axis=-1) > 0
         extent = offsets.max(axis=-1)
         in_level = ops.logical_and(extent > low, extent <= high)
-        positive = ops.logical_and(ops.logical_and(inside, in_level), valid)
+        positive = ops.logical_and(ops.logical_and(inside, in_level), expand_to(tgt_valid.expand_dims(1), shape))
         labels.append(positive.any(axis=-1).astype(mstype.float32))
     return ops.concat(labels, axis=1)

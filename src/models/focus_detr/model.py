@@ -364,7 +364,7 @@ class FocusTransformer(nn.Cell):
 
     def _process_memory(self, memory, invalid):
         # detrex zeroes padded tokens and tokens with an out-of-range default proposal, then projects + norms.
-        memory = ops.masked_fill(memory, ops.broadcast_to(invalid.expand_dims(-1), memory.shape), 0.0)
+        memory = ops.masked_fill(memory, expand_to(invalid.expand_dims(-1), memory.shape), 0.0)
         return self.enc_output_norm(self.enc_output(memory))
 
     def construct(self, feats, masks, poses, rho: float, cascade: Tuple[float, ...], dn_query=None,
